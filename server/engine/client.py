@@ -1,0 +1,112 @@
+"""HTTP client for a vLLM OpenAI-compatible server (managed or external)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+
+
+class EngineUnavailableError(Exception):
+    """vLLM cannot be reached or failed; the API answers 503 with this reason."""
+
+
+class EngineRejectedError(Exception):
+    """vLLM refused the request as invalid (e.g. prompt too long); the API answers 400 with its message."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return response.text[:500]
+    error = body.get("error", body) if isinstance(body, dict) else body
+    return str(error.get("message", error) if isinstance(error, dict) else error)[:500]
+
+
+class EngineClient:
+    def __init__(self, base_url: str, request_timeout_s: float) -> None:
+        self.base_url = base_url
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(request_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def _unreachable(self, error: httpx.HTTPError) -> EngineUnavailableError:
+        return EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}")
+
+    async def is_healthy(self) -> tuple[bool, str]:
+        try:
+            response = await self._http.get("/health", timeout=2.0)
+        except httpx.HTTPError as error:
+            return False, str(self._unreachable(error))
+        if response.status_code != 200:
+            return False, f"vLLM at {self.base_url} unhealthy: HTTP {response.status_code}"
+        return True, "ok"
+
+    def _check(self, response: httpx.Response) -> None:
+        if response.status_code >= 500:
+            raise EngineUnavailableError(f"vLLM failed: HTTP {response.status_code}: {_error_message(response)}")
+        if response.status_code >= 400:
+            raise EngineRejectedError(_error_message(response), response.status_code)
+
+    async def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._http.post(
+                "/v1/chat/completions",
+                content=msgspec.json.encode(payload),
+                headers={"content-type": "application/json"},
+            )
+        except httpx.HTTPError as error:
+            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
+        self._check(response)
+        return msgspec.json.decode(response.content)
+
+    @asynccontextmanager
+    async def stream_chat(self, payload: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """Open a streamed chat completion; closing the context closes the connection, which aborts it in vLLM."""
+        request = self._http.build_request(
+            "POST",
+            "/v1/chat/completions",
+            content=msgspec.json.encode(payload),
+            headers={"content-type": "application/json"},
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as error:
+            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                self._check(response)
+            yield response
+        finally:
+            await response.aclose()
+
+    async def load_lora_adapter(self, name: str, path: str) -> None:
+        try:
+            response = await self._http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        except httpx.HTTPError as error:
+            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
+        if response.status_code == 400 and "already been loaded" in response.text:
+            return
+        self._check(response)
+
+    async def served_models(self) -> list[str]:
+        try:
+            response = await self._http.get("/v1/models")
+        except httpx.HTTPError as error:
+            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
+        self._check(response)
+        return [model["id"] for model in response.json()["data"]]

