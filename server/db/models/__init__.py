@@ -5,6 +5,7 @@ from advanced_alchemy.base import UUIDv7AuditBase
 from server.db.models.auth import ApiToken, User
 from server.db.models.chat import Conversation, Message
 from server.db.models.enums import Channel, MessageStatus, Role
+from server.db.models.rails import RailEvent
 from server.db.models.serving import ModelAlias, ModelVersion
 
 metadata = UUIDv7AuditBase.metadata
@@ -17,6 +18,7 @@ __all__ = [
     "MessageStatus",
     "ModelAlias",
     "ModelVersion",
+    "RailEvent",
     "Role",
     "User",
     "metadata",
