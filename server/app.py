@@ -23,6 +23,9 @@ from server.engine.client import EngineClient
 from server.engine.launcher import EngineState, VllmLauncher
 from server.engine.router import ModelRouter
 from server.errors import EXCEPTION_HANDLERS
+from server.exports.controllers import ExportController
+from server.feedback.controllers import FeedbackController, UserDataController
+from server.review.controllers import ReviewController
 from server.settings import Settings, get_settings
 from server.system.controllers import SystemController
 
@@ -71,7 +74,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     db_config = build_db_config(settings)
     return Litestar(
-        route_handlers=[ChatController, SystemController],
+        route_handlers=[
+            ChatController,
+            SystemController,
+            FeedbackController,
+            UserDataController,
+            ReviewController,
+            ExportController,
+        ],
         plugins=[SQLAlchemyPlugin(config=db_config)],
         middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],
         lifespan=[serving_lifespan],

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from server.db.models import Role
+from server.exports.cli import data
 from server.settings import Settings, get_settings
 
 console = Console(stderr=True)
@@ -23,6 +24,9 @@ console = Console(stderr=True)
 def main() -> None:
     """Ratchet: a self-hosted chat assistant that learns from its users."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+main.add_command(data)
 
 
 @main.group()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     trusted_user_header: str = Field(
         "", description="Header an SSO proxy sets to the user's name; empty (default) turns the mode off."
     )
+    export_max_pairs_per_prompt: int = Field(
+        8, description="Most preference pairs a training export builds from the answers to one identical prompt."
+    )
 
     @cached_property
     def resolved_database_url(self) -> str:

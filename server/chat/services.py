@@ -325,6 +325,89 @@ class ChatService:
             )
         return result.rowcount or 0
 
+    # Regeneration (the feedback feature). Kept apart from the turn above: it adds no user message, so a
+    # refusal by vLLM must remove only the new sibling, never the question it answers.
+
+    async def regenerate(self, principal: Principal, message_id: UUID) -> Message:
+        """A new answer to a stored answer's exact context (system prompt included), stored as its sibling:
+        same question (reply_to_id), linked back through regenerated_from_id. Nothing is stored when the request
+        is refused before or by vLLM; vLLM going down mid-way leaves a failed sibling, as a chat turn does."""
+        async with self._sessions() as session:
+            original = await session.get(Message, message_id)
+        if (
+            original is None
+            or original.user_id != principal.user_id
+            or original.role != "assistant"
+            or not original.prompt_messages
+            or original.reply_to_id is None
+        ):
+            raise ConversationNotFoundError(f"No answer {message_id} to regenerate.")
+        route = self._router.resolve(original.model_alias or original.model_version)
+        if reason := self._engine_down_reason():
+            raise EngineUnavailableError(reason)
+        # A fixed seed would reproduce the very answer being replaced.
+        sampling = {name: value for name, value in (original.sampling or {}).items() if name != "seed"}
+        sibling_id = uuid7()
+        async with self._sessions.begin() as session:
+            session.add(
+                Message(
+                    id=sibling_id,
+                    conversation_id=original.conversation_id,
+                    user_id=original.user_id,
+                    role="assistant",
+                    channel=original.channel,
+                    status=MessageStatus.PENDING,
+                    reply_to_id=original.reply_to_id,
+                    regenerated_from_id=original.id,
+                    model_alias=route.alias,
+                    model_version=route.version,
+                    adapter=route.adapter,
+                    system_prompt_version=original.system_prompt_version,
+                    sampling=sampling,
+                    prompt_messages=original.prompt_messages,
+                )
+            )
+        payload = {"model": route.version, "messages": original.prompt_messages, **sampling}
+        payload["request_id"] = str(sibling_id)
+        turn = Turn(
+            principal,
+            original.conversation_id,
+            original.reply_to_id,
+            sibling_id,
+            False,
+            route,
+            payload,
+            False,
+            original.system_prompt_version,
+        )
+        try:
+            body = await self._engine.chat(payload)
+        except EngineRejectedError:
+            async with self._sessions.begin() as session:
+                await session.execute(delete(Message).where(Message.id == sibling_id))
+            metrics.ERRORS.labels(ROUTE, route.version, "rejected").inc()
+            raise
+        except EngineUnavailableError as error:
+            await self._finish(turn, _Outcome("", MessageStatus.FAILED, error=str(error)))
+            raise
+        choice = body["choices"][0]
+        usage = body.get("usage") or {}
+        await self._finish(
+            turn,
+            _Outcome(
+                content=choice["message"].get("content") or "",
+                status=MessageStatus.COMPLETE,
+                finish_reason=choice.get("finish_reason"),
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+            ),
+        )
+        async with self._sessions() as session:
+            sibling = await session.get(Message, sibling_id)
+        if sibling is None:  # the user deleted their data while it was generating
+            raise ConversationNotFoundError(f"No answer {message_id} to regenerate.")
+        return sibling
+
 
 def _error_event(message: str) -> bytes:
     body = {"error": {"message": message, "type": "engine_unavailable", "code": "503"}}

@@ -5,7 +5,9 @@ from advanced_alchemy.base import UUIDv7AuditBase
 from server.db.models.auth import ApiToken, User
 from server.db.models.chat import Conversation, Message
 from server.db.models.enums import Channel, MessageStatus, Role
+from server.db.models.feedback import MessageVote, VoteAction, VoteHistory, VoteReason, VoteValue
 from server.db.models.rails import RailEvent
+from server.db.models.review import ReviewDecision, ReviewDecisionKind, ReviewFlag, ReviewState
 from server.db.models.serving import ModelAlias, ModelVersion
 
 metadata = UUIDv7AuditBase.metadata
@@ -16,10 +18,19 @@ __all__ = [
     "Conversation",
     "Message",
     "MessageStatus",
+    "MessageVote",
     "ModelAlias",
     "ModelVersion",
     "RailEvent",
+    "ReviewDecision",
+    "ReviewDecisionKind",
+    "ReviewFlag",
+    "ReviewState",
     "Role",
     "User",
+    "VoteAction",
+    "VoteHistory",
+    "VoteReason",
+    "VoteValue",
     "metadata",
 ]

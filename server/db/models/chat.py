@@ -38,6 +38,8 @@ class Message(UUIDv7AuditBase):
     channel: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=MessageStatus.COMPLETE)
     reply_to_id: Mapped[UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # A regenerated answer points at the answer it replaces; siblings share reply_to_id.
+    regenerated_from_id: Mapped[UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
 
     model_alias: Mapped[str | None] = mapped_column(String(200))
     model_version: Mapped[str | None] = mapped_column(String(200), index=True)

@@ -1,0 +1,1 @@
+"""Training-data exports in the JSONL shapes TRL's trainers read."""

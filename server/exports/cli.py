@@ -1,0 +1,84 @@
+"""`ratchet data …`: export training data, delete a user's data."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+
+from server.db.engine import build_db_config
+from server.db.models import User
+from server.exports.services import ExportFilters, ExportService, TrainingExport
+from server.feedback.schemas import DeletedData
+from server.feedback.services import UserDataService
+from server.settings import Settings, get_settings
+
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@click.group()
+def data() -> None:
+    """Training data exports and users' data."""
+
+
+async def _export(settings: Settings, filters: ExportFilters) -> TrainingExport:
+    config = build_db_config(settings)
+    try:
+        async with config.create_session_maker()() as session:
+            return await ExportService(session, settings.export_max_pairs_per_prompt).build(filters)
+    finally:
+        await config.get_engine().dispose()
+
+
+@data.command("export")
+@click.option("--since", type=click.DateTime(DATE_FORMATS), help="Answers created at or after this (UTC).")
+@click.option("--until", type=click.DateTime(DATE_FORMATS), help="Answers created before this (UTC).")
+@click.option("--model-version", default=None, help="Only answers of this concrete model version.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def export(since: datetime | None, until: datetime | None, model_version: str | None, out_dir: Path) -> None:
+    """Write reward/KTO/preference/SFT JSONL files (TRL's conversational format) and manifest.json to OUT."""
+    filters = ExportFilters(_utc(since), _utc(until), model_version)
+    if filters.since and filters.until and filters.since >= filters.until:
+        raise click.BadParameter("--since must be before --until")
+    result = asyncio.run(_export(get_settings(), filters))
+    result.write(out_dir)
+    for name, info in result.manifest["files"].items():
+        click.echo(f"{out_dir / name}: {info['rows']} rows")
+    removed = ", ".join(f"{key} {count}" for key, count in result.manifest["removed"].items() if count)
+    click.echo(f"removed by filters: {removed or 'none'}")
+    click.echo(f"content hash {result.content_hash}")
+
+
+async def _delete(settings: Settings, name: str) -> DeletedData | None:
+    config = build_db_config(settings)
+    try:
+        async with config.create_session_maker()() as session:
+            user_id = await session.scalar(select(User.id).where(User.name == name))
+            if user_id is None:
+                return None
+            return await UserDataService(session).delete_user_data(user_id)
+    finally:
+        await config.get_engine().dispose()
+
+
+@data.command("delete-user")
+@click.argument("name")
+@click.confirmation_option(prompt="Delete all of this user's conversations, votes and what derives from them?")
+def delete_user(name: str) -> None:
+    """Delete a user's conversations, votes and everything derived from them (the account stays)."""
+    deleted = asyncio.run(_delete(get_settings(), name))
+    if deleted is None:
+        raise click.ClickException(f"no user named {name!r}")
+    click.echo(
+        f"deleted {deleted.conversations} conversations, {deleted.messages} messages, {deleted.votes} votes, "
+        f"{deleted.vote_history} vote changes, {deleted.review_flags} flags, {deleted.review_decisions} decisions"
+    )

@@ -1,0 +1,1 @@
+"""Votes on answers, regeneration, and deleting a user's data."""

@@ -1,0 +1,1 @@
+"""The ops review queue: flagged answers, decisions with an audit trail, corrections."""
