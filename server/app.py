@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
+            # httpx logs every request to vLLM at INFO: noise at this volume.
+            loggers={"httpx": {"level": "WARNING", "propagate": True}},
             log_exceptions="debug",
         ),
     )

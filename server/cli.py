@@ -142,19 +142,26 @@ def _announce_when_ready(settings: Settings, host: str, port: int) -> None:
     console.print(f"[bold red]Ratchet did not become ready[/]; see {settings.data_dir / 'logs'}")
 
 
+def _shown(default: object) -> str:
+    if default is None or default == "":
+        return "(empty)"
+    return str(default)
+
+
 @main.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the README's settings table.")
 def show_settings(markdown: bool) -> None:
     """Every setting, its env var, default and current value."""
     current = get_settings()
     rows = [
-        (f"RATCHET_{name.upper()}", repr(field.default), str(getattr(current, name)), field.description or "")
+        (f"RATCHET_{name.upper()}", _shown(field.default), str(getattr(current, name)), field.description or "")
         for name, field in Settings.model_fields.items()
     ]
     if markdown:
         click.echo("| env var | default | what it does |\n|---|---|---|")
         for env, default, _, doc in rows:
-            click.echo(f"| `{env}` | `{default}` | {doc} |")
+            shown = default if default == "(empty)" else f"`{default}`"
+            click.echo(f"| `{env}` | {shown} | {doc} |")
         return
     table = Table("env var", "default", "current", "what it does")
     for env, default, value, doc in rows:

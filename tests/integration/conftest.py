@@ -4,131 +4,16 @@ serves the prepared SmolLM2, on SQLite; plus a second app on PostgreSQL using th
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from uuid import UUID
 
-import httpx
-import psutil
 import pytest
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from server.db.models import Message
+from server.testing import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
 from tests.conftest import PREPARED_MODEL
 
 READY_TIMEOUT_S = 900
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class LiveServer:
-    base_url: str
-    database_url: str
-    data_dir: Path
-    admin_token: str
-    user_token: str
-    ops_token: str
-    vllm_url: str
-    process: subprocess.Popen[bytes]
-    env: dict[str, str] = field(repr=False)
-
-    def headers(self, token: str | None = None) -> dict[str, str]:
-        return {"authorization": f"Bearer {token or self.user_token}"}
-
-    def vllm_process(self) -> psutil.Process | None:
-        """The vLLM API server process the app supervises (None while it is down)."""
-        for child in psutil.Process(self.process.pid).children(recursive=True):
-            try:
-                command = " ".join(child.cmdline())
-            except psutil.Error:
-                continue
-            if "vllm.entrypoints.openai.api_server" in command:
-                return child
-        return None
-
-    def create_user(self, name: str, role: str = "user") -> str:
-        return ratchet(self.env, "users", "create", name, "--role", role)
-
-    def log_tail(self, lines: int = 60) -> str:
-        logs = [self.data_dir / "serve.log", self.data_dir / "logs" / "vllm.log"]
-        return "\n".join(
-            f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-            for path in logs
-            if path.exists()
-        )
-
-
-def ratchet(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"ratchet {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout.strip()
-
-
-def wait_ready(server: LiveServer, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"ratchet serve exited with {server.process.returncode}\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.base_url}/readyz", timeout=3).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"ratchet serve not ready after {timeout_s} s\n{server.log_tail()}")
-
-
-def start_server(data_dir: Path, database_url: str, extra_env: dict[str, str]) -> LiveServer:
-    port = free_port()
-    env = {
-        **os.environ,
-        "RATCHET_DATA_DIR": str(data_dir),
-        "RATCHET_DATABASE_URL": database_url,
-        "RATCHET_BASE_MODEL": str(PREPARED_MODEL),
-        "RATCHET_PORT": str(port),
-        "RATCHET_LOG_LEVEL": "info",
-        "RATCHET_TOKEN_CACHE_TTL_S": "0",
-        **extra_env,
-    }
-    ratchet(env, "db", "upgrade")
-    admin = ratchet(env, "users", "create", "admin", "--role", "admin")
-    ops = ratchet(env, "users", "create", "olivia-ops", "--role", "ops")
-    user = ratchet(env, "users", "create", "alice")
-    log = (data_dir / "serve.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    vllm_url = extra_env.get("RATCHET_VLLM_URL") or f"http://127.0.0.1:{env['RATCHET_VLLM_PORT']}"
-    return LiveServer(f"http://127.0.0.1:{port}", database_url, data_dir, admin, user, ops, vllm_url, process, env)
-
-
-def stop_server(server: LiveServer) -> None:
-    # SIGTERM lets uvicorn run the lifespan shutdown, which stops the supervised vLLM.
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
+__all__ = ["LiveServer", "stored_message"]
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +25,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server = start_server(
         data_dir,
         f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
+        PREPARED_MODEL,
         {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": ""},
     )
     try:
@@ -175,7 +61,7 @@ def live_server_pg(live_server: LiveServer, tmp_path_factory: pytest.TempPathFac
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     base = POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     server = start_server(
-        tmp_path_factory.mktemp("live-pg"), f"{base}/{name}", {"RATCHET_VLLM_URL": live_server.vllm_url}
+        tmp_path_factory.mktemp("live-pg"), f"{base}/{name}", PREPARED_MODEL, {"RATCHET_VLLM_URL": live_server.vllm_url}
     )
     try:
         wait_ready(server, 120)
@@ -190,14 +76,3 @@ def chat_server(request: pytest.FixtureRequest) -> LiveServer:
     """Each chat storage test runs against the SQLite app and the PostgreSQL app."""
     name = "live_server" if request.param == "sqlite" else "live_server_pg"
     return request.getfixturevalue(name)
-
-
-async def stored_message(server: LiveServer, message_id: str) -> Message:
-    """Read one message straight from the server's database."""
-    engine = create_async_engine(server.database_url)
-    try:
-        async with engine.connect() as connection:
-            row = (await connection.execute(select(Message.__table__).where(Message.id == UUID(message_id)))).one()
-    finally:
-        await engine.dispose()
-    return Message(**row._mapping)
