@@ -1,0 +1,79 @@
+"""The managed vLLM's command line and environment, the model router, and base-model preparation."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from server.db.models import ModelAlias, ModelVersion
+from server.engine.launcher import vllm_command, vllm_environment
+from server.engine.router import ModelRouter, UnknownModelError
+from server.settings import Settings
+from tests.conftest import PREPARED_MODEL
+from tuning.base_model import prepare_base_model
+
+
+def test_managed_vllm_allows_runtime_adapters_and_prompt_embeddings() -> None:
+    settings = Settings(base_model=Path("/models/x"), vllm_port=9123, vllm_max_lora_rank=32)
+    command = vllm_command(settings)
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    for flag in ("--enable-lora", "--enable-prompt-embeds"):
+        assert flag in command
+    assert command[command.index("--port") + 1] == "9123"
+    assert command[command.index("--max-lora-rank") + 1] == "32"
+    assert command[command.index("--served-model-name") + 1] == settings.base_model_name
+    assert vllm_environment(settings)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
+
+
+def test_cpu_vllm_binds_every_core_instead_of_reserving_one() -> None:
+    env = vllm_environment(Settings(vllm_cpu_threads=2, vllm_kv_cache_gib=3))
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert env["OMP_NUM_THREADS"] == "2"
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+
+
+async def test_router_resolves_alias_version_and_refuses_unknown(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    router = ModelRouter(sessions, settings)
+    await router.ensure_base_registered()
+    assert router.resolve(None).version == settings.base_model_name
+    assert router.resolve("ratchet").alias == "ratchet"
+    by_version = router.resolve(settings.base_model_name)
+    assert by_version.alias is None and by_version.version == settings.base_model_name
+    with pytest.raises(UnknownModelError):
+        router.resolve("gpt-17")
+
+
+async def test_router_sends_about_the_canary_fraction_to_the_canary(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    router = ModelRouter(sessions, settings)
+    await router.ensure_base_registered()
+    async with sessions.begin() as session:
+        session.add(ModelVersion(name="lora-0001", kind="lora", base_model="base", adapter_path="/adapters/1"))
+        await session.flush()
+        await session.execute(
+            update(ModelAlias)
+            .where(ModelAlias.alias == "ratchet")
+            .values(canary_version_name="lora-0001", canary_fraction=0.2)
+        )
+    await router.refresh()
+    picks = Counter(router.resolve("ratchet").version for _ in range(4000))
+    assert 0.15 < picks["lora-0001"] / 4000 < 0.25
+    assert router.resolve("lora-0001").adapter == "/adapters/1"
+
+
+def test_prepare_is_a_no_op_when_the_conversion_exists() -> None:
+    if not (PREPARED_MODEL / "ratchet-manifest.json").exists():
+        pytest.skip("base model not prepared here")
+    result = prepare_base_model(PREPARED_MODEL)
+    assert result.created is False
+    assert result.manifest["dtype"] == "float32"
+    assert len(str(result.manifest["source_sha256"])) == 64
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in PREPARED_MODEL.iterdir()}
