@@ -1,0 +1,1 @@
+"""Guardrails around every answer: our `Rails` interface, with NeMo Guardrails as the implementation."""
