@@ -25,6 +25,8 @@ from server.engine.router import ModelRouter
 from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
+from server.rails.controllers import RailsController
+from server.rails.registry import RailsRegistry, install_sighup_reload
 from server.review.controllers import ReviewController
 from server.settings import Settings, get_settings
 from server.system.controllers import SystemController
@@ -56,7 +58,10 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     state.launcher = launcher
     state.engine_down_reason = engine_down_reason
     state.users = UserService(sessions, settings.token_cache_ttl_s)
-    state.chat = ChatService(sessions, engine, router, settings, engine_down_reason)
+    state.rails = RailsRegistry(settings.rails_config, settings.rails_enabled, settings.vllm_request_timeout_s)
+    await state.rails.start()
+    uninstall_sighup = install_sighup_reload(state.rails)
+    state.chat = ChatService(sessions, engine, router, settings, engine_down_reason, state.rails)
     failed = await state.chat.fail_stale_pending()
     if failed:
         log.warning("marked %d answers left pending by an earlier process as failed", failed)
@@ -65,6 +70,8 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        uninstall_sighup()
+        await state.rails.aclose()
         if launcher is not None:
             await launcher.stop()
         await engine.close()
@@ -77,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             ChatController,
             SystemController,
+            RailsController,
             FeedbackController,
             UserDataController,
             ReviewController,

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from server.db.models import Role
 from server.exports.cli import data
+from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings
 
 console = Console(stderr=True)
@@ -27,6 +28,7 @@ def main() -> None:
 
 
 main.add_command(data)
+main.add_command(rails_group)
 
 
 @main.group()

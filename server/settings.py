@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     trusted_user_header: str = Field(
         "", description="Header an SSO proxy sets to the user's name; empty (default) turns the mode off."
     )
+    rails_enabled: bool = Field(
+        True, description="Run the guardrails (input rails before, output rails after every answer)."
+    )
+    rails_config: Path = Field(
+        Path("guardrails"),
+        description="NeMo Guardrails config folder of the rails; reloaded by `ratchet rails reload` or SIGHUP.",
+    )
     export_max_pairs_per_prompt: int = Field(
         8, description="Most preference pairs a training export builds from the answers to one identical prompt."
     )

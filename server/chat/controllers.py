@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from litestar import Controller, Request, get, post
@@ -24,11 +25,16 @@ def provide_model_router(state: State) -> ModelRouter:
 
 
 def turn_headers(turn: Turn) -> dict[str, str]:
-    return {
+    headers = {
         "X-Ratchet-Message-Id": str(turn.message_id),
         "X-Ratchet-Conversation-Id": str(turn.conversation_id),
         "X-Ratchet-Model-Version": turn.route.version,
     }
+    if turn.rails is not None:
+        # A stream's body starts before the output rails finish, so its input verdicts travel here (JSON).
+        headers["X-Ratchet-Rails-Version"] = turn.rails.version
+        headers["X-Ratchet-Rails-Input"] = json.dumps([verdict.to_dict() for verdict in turn.input_verdicts])
+    return headers
 
 
 class ChatController(Controller):

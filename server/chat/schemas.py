@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -62,6 +62,9 @@ class RatchetMetadata(Struct):
     model_version: str
     adapter: str | None
     system_prompt_version: str | None
+    # Guardrail verdicts on this turn (direction, rail, verdict, reason, duration_ms) and the policy that gave them.
+    rails: list[dict[str, Any]] = []
+    rails_version: str | None = None
 
 
 class ModelCard(Struct):

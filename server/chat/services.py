@@ -24,6 +24,11 @@ from server.chat.schemas import ChatCompletionRequest, RatchetMetadata
 from server.db.models import Conversation, Message, MessageStatus
 from server.engine.client import EngineClient, EngineRejectedError, EngineUnavailableError
 from server.engine.router import ModelRouter, Route
+from server.privacy.redaction import redact
+from server.rails.base import Rails, RailVerdict
+from server.rails.records import count_verdicts, store_verdicts
+from server.rails.registry import RailsRegistry
+from server.rails.streaming import StreamGuard
 from server.settings import Settings
 from server.system import metrics
 
@@ -40,6 +45,7 @@ class InvalidChatError(ValueError):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    role: str | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -53,6 +59,9 @@ class _Usage(msgspec.Struct):
 
 
 class _Chunk(msgspec.Struct):
+    id: str = ""
+    created: int = 0
+    model: str = ""
     choices: list[_Choice] = []
     usage: _Usage | None = None
     error: dict[str, Any] | None = None
@@ -75,6 +84,11 @@ class Turn:
     include_usage: bool
     system_prompt_version: str | None
     started: float = field(default_factory=time.perf_counter)
+    # The rails this turn runs under (kept across a reload mid-answer), their input verdicts, and the refusal
+    # to answer with instead of calling the model when an input rail blocked.
+    rails: Rails | None = None
+    input_verdicts: tuple[RailVerdict, ...] = ()
+    refusal: str | None = None
 
     @property
     def metadata(self) -> RatchetMetadata:
@@ -85,6 +99,8 @@ class Turn:
             model_version=self.route.version,
             adapter=self.route.adapter,
             system_prompt_version=self.system_prompt_version,
+            rails=[verdict.to_dict() for verdict in self.input_verdicts],
+            rails_version=self.rails.version if self.rails is not None else None,
         )
 
 
@@ -97,6 +113,7 @@ class _Outcome:
     completion_tokens: int | None = None
     ttft_s: float | None = None
     error: str | None = None
+    rail_verdicts: tuple[RailVerdict, ...] = ()
 
 
 class ChatService:
@@ -107,12 +124,14 @@ class ChatService:
         router: ModelRouter,
         settings: Settings,
         engine_down_reason: Callable[[], str | None],
+        rails: RailsRegistry | None = None,
     ) -> None:
         self._sessions = sessions
         self._engine = engine
         self._router = router
         self._settings = settings
         self._engine_down_reason = engine_down_reason
+        self._rails = rails
 
     def _prompt(self, request: ChatCompletionRequest) -> tuple[list[dict[str, str]], str | None]:
         messages = [{"role": message.role, "content": message.text()} for message in request.messages]
@@ -129,11 +148,19 @@ class ChatService:
         if not request.messages[-1].text().strip():
             raise InvalidChatError("The last user message is empty.")
         route = self._router.resolve(request.model)
-        if reason := self._engine_down_reason():
-            raise EngineUnavailableError(reason)
         messages, system_prompt_version = self._prompt(request)
+        rails = self._rails.current if self._rails is not None else None
+        checked = await rails.check_input(messages) if rails is not None else None
+        refusal = checked.text if checked is not None and checked.blocked else None
+        # A refusal needs no model, so vLLM being down only matters for questions that pass the rails.
+        if refusal is None and (reason := self._engine_down_reason()):
+            raise EngineUnavailableError(reason)
+        if checked is not None and checked.modified and refusal is None:
+            # The model (and the store) only ever see the redacted question.
+            messages[-1] = {"role": "user", "content": checked.text}
         sampling = request.sampling(self._settings.default_max_tokens)
-        user_text = messages[-1]["content"]
+        # A refused question is kept for review, but never with the personal data it may carry.
+        user_text = redact(messages[-1]["content"]).text if refusal is not None else messages[-1]["content"]
         message_id, user_message_id = uuid7(), uuid7()
         async with self._sessions.begin() as session:
             if request.conversation_id is not None:
@@ -160,10 +187,16 @@ class ChatService:
                     adapter=route.adapter,
                     system_prompt_version=system_prompt_version,
                     sampling=sampling,
-                    prompt_messages=messages,
+                    prompt_messages=messages if refusal is None else None,
                     **common,
                 )
             )
+            if checked is not None:
+                # Input verdicts belong to the user's message; an ops reviewer finds blocks and redactions there.
+                await session.flush()
+                store_verdicts(session, user_message_id, checked.verdicts)
+        if checked is not None:
+            count_verdicts(checked.verdicts)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         payload: dict[str, Any] = {
             "model": route.version,
@@ -185,9 +218,15 @@ class ChatService:
             payload,
             include_usage,
             system_prompt_version,
+            rails=rails,
+            input_verdicts=checked.verdicts if checked is not None else (),
+            refusal=refusal,
         )
 
     async def complete(self, turn: Turn) -> dict[str, Any]:
+        if turn.refusal is not None:
+            await self._finish(turn, _refused(turn.refusal))
+            return _refusal_completion(turn)
         try:
             body = await self._engine.chat(turn.payload)
         except EngineRejectedError:
@@ -198,22 +237,30 @@ class ChatService:
             raise
         choice = body["choices"][0]
         usage = body.get("usage") or {}
-        await self._finish(
-            turn,
-            _Outcome(
-                content=choice["message"].get("content") or "",
-                status=MessageStatus.COMPLETE,
-                finish_reason=choice.get("finish_reason"),
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-            ),
+        outcome = _Outcome(
+            content=choice["message"].get("content") or "",
+            status=MessageStatus.COMPLETE,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
         )
+        if turn.rails is not None:
+            checked = await turn.rails.check_output(turn.payload["messages"], outcome.content)
+            outcome.content, outcome.rail_verdicts = checked.text, checked.verdicts
+            if checked.blocked:
+                outcome.status, outcome.finish_reason = MessageStatus.BLOCKED, "content_filter"
+            choice["message"]["content"] = outcome.content
+            choice["finish_reason"] = outcome.finish_reason
+        await self._finish(turn, outcome)
         body["model"] = turn.route.version
         body["ratchet"] = msgspec.to_builtins(turn.metadata)
+        body["ratchet"]["rails"] += [verdict.to_dict() for verdict in outcome.rail_verdicts]
         return body
 
     async def open_stream(self, turn: Turn) -> AsyncIterator[bytes]:
         """Start generating; errors before the first byte surface as exceptions (so as 4xx/5xx responses)."""
+        if turn.refusal is not None:
+            return self._refusal_stream(turn)
         upstream = self._engine.stream_chat(turn.payload)
         try:
             response = await upstream.__aenter__()
@@ -231,6 +278,8 @@ class ChatService:
         parts: list[str] = []
         outcome = _Outcome("", MessageStatus.FAILED, error="the stream from vLLM ended before it finished")
         buffer = b""
+        # With rails on, text is released to the client only once the output rails passed it (server/rails/streaming).
+        guard = StreamGuard(turn.rails, turn.payload["messages"]) if turn.rails is not None else None
         try:
             async for data in response.aiter_raw():
                 buffer += data
@@ -253,6 +302,12 @@ class ChatService:
                         outcome.completion_tokens = chunk.usage.completion_tokens
                         if not chunk.choices and not turn.include_usage:
                             continue
+                    if guard is not None and chunk.choices:
+                        for piece in await self._guarded_events(turn, guard, chunk, outcome):
+                            yield piece
+                        if guard.blocked:
+                            return
+                        continue
                     for choice in chunk.choices:
                         if choice.delta.content:
                             if outcome.ttft_s is None:
@@ -270,11 +325,50 @@ class ChatService:
             raise
         finally:
             await upstream.__aexit__(None, None, None)
-            outcome.content = "".join(parts)
+            outcome.content = "".join(parts) if guard is None else _shown_text(guard)
+            if guard is not None:
+                outcome.rail_verdicts = guard.verdicts
             if outcome.status == MessageStatus.COMPLETE and outcome.finish_reason is None:
                 outcome.status, outcome.error = MessageStatus.FAILED, "vLLM sent no finish reason"
             with anyio.CancelScope(shield=True):
                 await self._finish(turn, outcome)
+
+    async def _guarded_events(self, turn: Turn, guard: StreamGuard, chunk: _Chunk, outcome: _Outcome) -> list[bytes]:
+        """The SSE events a vLLM chunk turns into once its text went through the output-rail windows."""
+        events: list[bytes] = []
+        for choice in chunk.choices:
+            released = await guard.feed(choice.delta.content) if choice.delta.content else ""
+            if choice.finish_reason and not guard.blocked:
+                released += await guard.finish()
+            if released:
+                if outcome.ttft_s is None:
+                    outcome.ttft_s = time.perf_counter() - turn.started
+                events.append(_chunk_event(chunk, released))
+            if guard.blocked:
+                # Nothing of the offending text was sent; closing the upstream (our caller returns) aborts vLLM.
+                outcome.status, outcome.finish_reason, outcome.error = MessageStatus.BLOCKED, "content_filter", None
+                notice = ("\n\n" if guard.released else "") + (guard.refusal or "")
+                events.append(_chunk_event(chunk, notice))
+                events.append(_chunk_event(chunk, None, "content_filter", _stream_metadata(turn, guard)))
+                events.append(b"data: [DONE]\n\n")
+                return events
+            if choice.finish_reason:
+                outcome.finish_reason = choice.finish_reason
+                events.append(_chunk_event(chunk, None, choice.finish_reason, _stream_metadata(turn, guard)))
+            elif not choice.delta.content and not released:
+                # The opening chunk (role only): nothing to check.
+                events.append(_chunk_event(chunk, None, role=choice.delta.role))
+        return events
+
+    async def _refusal_stream(self, turn: Turn) -> AsyncIterator[bytes]:
+        """An input rail refused: the refusal is the whole answer, streamed as one chunk."""
+        refusal = turn.refusal or ""
+        await self._finish(turn, _refused(refusal))
+        template = _Chunk(id=f"chatcmpl-{turn.message_id}", created=int(time.time()), model=turn.route.version)
+        yield _chunk_event(template, None, role="assistant")
+        yield _chunk_event(template, refusal)
+        yield _chunk_event(template, None, "content_filter", msgspec.to_builtins(turn.metadata))
+        yield b"data: [DONE]\n\n"
 
     async def _finish(self, turn: Turn, outcome: _Outcome) -> None:
         elapsed = time.perf_counter() - turn.started
@@ -294,6 +388,8 @@ class ChatService:
                     error=outcome.error,
                 )
             )
+            store_verdicts(session, turn.message_id, outcome.rail_verdicts)
+        count_verdicts(outcome.rail_verdicts)
         metrics.REQUESTS.labels(ROUTE, version, outcome.status).inc()
         metrics.LATENCY.labels(ROUTE, version).observe(elapsed)
         if outcome.ttft_s is not None:
@@ -407,6 +503,67 @@ class ChatService:
         if sibling is None:  # the user deleted their data while it was generating
             raise ConversationNotFoundError(f"No answer {message_id} to regenerate.")
         return sibling
+
+
+def _refused(refusal: str) -> _Outcome:
+    return _Outcome(refusal, MessageStatus.BLOCKED, finish_reason="content_filter")
+
+
+def _refusal_completion(turn: Turn) -> dict[str, Any]:
+    """The OpenAI-shaped answer to a question an input rail refused (the model was not called)."""
+    return {
+        "id": f"chatcmpl-{turn.message_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": turn.route.version,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": turn.refusal},
+                "finish_reason": "content_filter",
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "ratchet": msgspec.to_builtins(turn.metadata),
+    }
+
+
+def _chunk_event(
+    template: _Chunk,
+    content: str | None,
+    finish_reason: str | None = None,
+    ratchet: dict[str, Any] | None = None,
+    role: str | None = None,
+) -> bytes:
+    delta: dict[str, str] = {}
+    if role is not None:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    body: dict[str, Any] = {
+        "id": template.id,
+        "object": "chat.completion.chunk",
+        "created": template.created,
+        "model": template.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    if ratchet is not None:
+        body["ratchet"] = ratchet
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+def _stream_metadata(turn: Turn, guard: StreamGuard) -> dict[str, Any]:
+    """Sent with the last chunk of a guarded stream: every rail verdict on the turn (also stored)."""
+    metadata = msgspec.to_builtins(turn.metadata)
+    metadata["rails"] += [verdict.to_dict() for verdict in guard.verdicts]
+    return metadata
+
+
+def _shown_text(guard: StreamGuard) -> str:
+    """What the client received: the released text, then the refusal if the output rails stopped the answer."""
+    if guard.refusal is None:
+        return guard.released
+    return guard.released + ("\n\n" if guard.released else "") + guard.refusal
 
 
 def _error_event(message: str) -> bytes:

@@ -22,3 +22,16 @@ TIME_TO_FIRST_TOKEN = Histogram(
 )
 TOKENS = Counter("ratchet_tokens_total", "Tokens processed", ["model_version", "kind"])
 ERRORS = Counter("ratchet_errors_total", "Failed chat requests by reason", ["route", "model_version", "reason"])
+
+RAIL_DECISIONS = Counter(
+    "ratchet_rail_decisions_total",
+    "Guardrail verdicts by direction, rail and verdict",
+    ["direction", "rail", "verdict"],
+)
+RAIL_SECONDS = Histogram(
+    "ratchet_rail_seconds",
+    "Time one rail took on one message (streamed answers: summed over the windows)",
+    ["direction", "rail"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+RAIL_RELOADS = Counter("ratchet_rail_reloads_total", "Rails config reloads by result (loaded, refused)", ["result"])

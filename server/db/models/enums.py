@@ -22,3 +22,5 @@ class MessageStatus(enum.StrEnum):
     COMPLETE = "complete"
     FAILED = "failed"
     ABORTED = "aborted"
+    # A guardrail refused the question or the answer: the stored content is the refusal the user saw.
+    BLOCKED = "blocked"
