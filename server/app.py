@@ -30,6 +30,7 @@ from server.rails.registry import RailsRegistry, install_sighup_reload
 from server.review.controllers import ReviewController
 from server.settings import Settings, get_settings
 from server.system.controllers import SystemController
+from server.tuning_runs.controllers import TuningRunController
 
 log = logging.getLogger("ratchet")
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             UserDataController,
             ReviewController,
             ExportController,
+            TuningRunController,
         ],
         plugins=[SQLAlchemyPlugin(config=db_config)],
         middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],

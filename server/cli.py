@@ -17,6 +17,7 @@ from server.db.models import Role
 from server.exports.cli import data
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings
+from tuning.cli import tune
 
 console = Console(stderr=True)
 
@@ -28,6 +29,7 @@ def main() -> None:
 
 
 main.add_command(data)
+main.add_command(tune)
 main.add_command(rails_group)
 
 

