@@ -475,6 +475,7 @@ class ChatService:
             payload,
             False,
             original.system_prompt_version,
+            rails=self._rails.current if self._rails is not None else None,
         )
         try:
             body = await self._engine.chat(payload)
@@ -488,16 +489,20 @@ class ChatService:
             raise
         choice = body["choices"][0]
         usage = body.get("usage") or {}
-        await self._finish(
-            turn,
-            _Outcome(
-                content=choice["message"].get("content") or "",
-                status=MessageStatus.COMPLETE,
-                finish_reason=choice.get("finish_reason"),
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-            ),
+        outcome = _Outcome(
+            content=choice["message"].get("content") or "",
+            status=MessageStatus.COMPLETE,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
         )
+        if turn.rails is not None:
+            # A regenerated answer passes the same output rails as the first one did.
+            checked = await turn.rails.check_output(payload["messages"], outcome.content)
+            outcome.content, outcome.rail_verdicts = checked.text, checked.verdicts
+            if checked.blocked:
+                outcome.status, outcome.finish_reason = MessageStatus.BLOCKED, "content_filter"
+        await self._finish(turn, outcome)
         async with self._sessions() as session:
             sibling = await session.get(Message, sibling_id)
         if sibling is None:  # the user deleted their data while it was generating

@@ -1,0 +1,121 @@
+"""Heavy: each exported file goes, unchanged, into the TRL trainer that consumes it, on the prepared SmolLM2,
+and takes one optimisation step on CPU (a few minutes on 2 cores). The export itself is built from a store
+seeded with realistic conversations (votes, corrections, a regeneration, a repeated question, personal data)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, load_dataset
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+
+from server.db.engine import build_db_config
+from server.db.migrate import upgrade
+from server.exports.services import ExportFilters, ExportService
+from server.settings import Settings
+from tests.conftest import PREPARED_MODEL
+from tests.unit.feedback_store import seed_realistic_store
+
+MODEL = str(PREPARED_MODEL)
+
+
+def cpu_args(output_dir: Path) -> dict[str, object]:
+    # TRL configs default to bf16 and gradient checkpointing; neither suits a 2-core CPU.
+    return {
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "per_device_train_batch_size": 2,
+        "max_steps": 1,
+        "learning_rate": 1e-6,
+        "max_length": 128,
+    }
+
+
+def load(directory: Path, name: str) -> Dataset:
+    dataset = load_dataset("json", data_files=str(directory / name), split="train")
+    assert len(dataset) > 0 and is_conversational(dataset[0])
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export from a seeded SQLite store. The file shapes do not depend on the backend (test_export_api pins
+    the same content on SQLite and PostgreSQL), so the minute of training runs once, not per backend."""
+    if not (PREPARED_MODEL / "config.json").exists():
+        pytest.fail(f"no prepared model at {PREPARED_MODEL}: run `ratchet model prepare` (make test does)")
+    directory = tmp_path_factory.mktemp("trl-export")
+    url = f"sqlite+aiosqlite:///{directory / 'ratchet.db'}"
+    upgrade(url)
+
+    async def build() -> None:
+        config = build_db_config(Settings(data_dir=directory, database_url=url))
+        try:
+            await seed_realistic_store(config.create_session_maker())
+            async with config.create_session_maker()() as session:
+                export = await ExportService(session, max_pairs_per_prompt=8).build(ExportFilters())
+        finally:
+            await config.get_engine().dispose()
+        export.write(directory / "export")
+
+    asyncio.run(build())
+    return directory / "export"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(MODEL)
+
+
+def test_every_exported_file_trains_one_step_with_its_trl_trainer(
+    exported: Path, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+) -> None:
+    kto = KTOTrainer(
+        model=MODEL,
+        args=KTOConfig(**cpu_args(tmp_path / "kto")),
+        train_dataset=load(exported, "kto.jsonl"),
+        processing_class=tokenizer,
+    )
+    pairs = load(exported, "preference.jsonl")
+    reward_model = RewardTrainer(
+        model=MODEL,
+        args=RewardConfig(**cpu_args(tmp_path / "rm")),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+    )
+    dpo = DPOTrainer(
+        model=MODEL,
+        args=DPOConfig(**cpu_args(tmp_path / "dpo")),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+    )
+    sft = SFTTrainer(
+        model=MODEL,
+        args=SFTConfig(**cpu_args(tmp_path / "sft")),
+        train_dataset=load(exported, "sft.jsonl"),
+        processing_class=tokenizer,
+    )
+    for trainer in (kto, reward_model, dpo, sft):
+        result = trainer.train()
+        assert result.global_step == 1, type(trainer).__name__
+
+
+def test_reward_triplets_render_through_trl_chat_templating_with_a_numeric_reward(
+    exported: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    triplets = load(exported, "reward.jsonl")
+    assert set(triplets.column_names) == {"prompt", "completion", "reward"}
+    rendered = triplets.map(lambda row: maybe_apply_chat_template(row, tokenizer))
+    for row, source in zip(rendered, triplets, strict=True):
+        # The whole context is in the rendered prompt: system prompt first, the last user turn at the end.
+        assert row["prompt"].startswith("<|im_start|>system\n" + source["prompt"][0]["content"])
+        assert row["prompt"].rstrip().endswith("<|im_start|>assistant")
+        assert source["completion"][0]["content"] in row["completion"]
+        assert row["reward"] in (1.0, -1.0)
