@@ -269,9 +269,10 @@ def check_jailbreak(text: str, policy: Policy, embedder: Embedder | None) -> Che
             if pattern.search(candidate):
                 where = " in an encoded payload" if candidate in payloads else ""
                 return Check(reason=f"{name}{where}")
-        for pattern in policy.extra_jailbreak_patterns:
+        # Reasons name a pattern by its position in config.yml, never its text: reasons reach the user.
+        for number, pattern in enumerate(policy.extra_jailbreak_patterns, 1):
             if pattern.search(candidate):
-                return Check(reason=f"extra pattern {pattern.pattern!r}")
+                return Check(reason=f"extra pattern #{number}")
     if embedder is None or policy._attack_vectors is None:
         return Check()
     segments = [*_segments(normalise(text)), *payloads]
@@ -317,9 +318,9 @@ def check_output_policy(answer: str, policy: Policy, system_prompt: str | None) 
         return Check(reason="private key in the answer")
     if _SPECIAL_TOKENS.search(answer):
         return Check(reason="chat-template control tokens in the answer")
-    for pattern in policy.blocked_output_terms:
+    for number, pattern in enumerate(policy.blocked_output_terms, 1):
         if pattern.search(answer):
-            return Check(reason=f"blocked pattern {pattern.pattern!r}")
+            return Check(reason=f"blocked pattern #{number}")
     if system_prompt and _shares_long_substring(answer, system_prompt, policy.system_prompt_leak_chars):
         return Check(reason="the answer repeats the system prompt")
     return Check()
