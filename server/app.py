@@ -16,8 +16,8 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 
 from server.auth.middleware import TokenAuthenticationMiddleware
 from server.auth.services import UserService
-from server.chat.controllers import ChatController
-from server.chat.services import ChatService
+from server.chat.controllers import ChatController, ConversationController
+from server.chat.services import ChatService, ConversationService
 from server.db.engine import build_db_config
 from server.engine.client import EngineClient
 from server.engine.launcher import EngineState, VllmLauncher
@@ -59,6 +59,7 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     state.launcher = launcher
     state.engine_down_reason = engine_down_reason
     state.users = UserService(sessions, settings.token_cache_ttl_s)
+    state.conversations = ConversationService(sessions)
     state.rails = RailsRegistry(settings.rails_config, settings.rails_enabled, settings.vllm_request_timeout_s)
     await state.rails.start()
     uninstall_sighup = install_sighup_reload(state.rails)
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             ChatController,
+            ConversationController,
             SystemController,
             RailsController,
             FeedbackController,
@@ -107,7 +109,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
             # httpx logs every request to vLLM at INFO: noise at this volume.
-            loggers={"httpx": {"level": "WARNING", "propagate": True}},
+            loggers={
+                "httpx": {"level": "WARNING", "propagate": True},
+                # NeMo logs every Colang event at INFO: several lines per request.
+                "nemoguardrails": {"level": "WARNING", "propagate": True},
+            },
             log_exceptions="debug",
         ),
     )

@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from server.chat.services import ConversationNotFoundError, InvalidChatError
 from server.engine.client import EngineRejectedError, EngineUnavailableError
 from server.engine.router import UnknownModelError
+from server.system import metrics
 
 log = logging.getLogger("ratchet.errors")
 
@@ -26,6 +27,9 @@ _OPENAI_TYPES = {
 
 
 def error_response(request: Request[Any, Any, Any], status: int, message: str, code: str | None = None) -> Response:
+    # The route template, not the raw path, so that probing random URLs cannot blow up label cardinality.
+    route = request.scope.get("path_template") or "unmatched"
+    metrics.ERRORS.labels(route, "", code or str(status)).inc()
     if request.url.path.startswith("/v1"):
         error_type = _OPENAI_TYPES.get(status, "api_error")
         body: dict[str, Any] = {"error": {"message": message, "type": error_type, "param": None, "code": code}}

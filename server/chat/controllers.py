@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import UUID
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.params import Parameter
 from litestar.response import Response, Stream
 
-from server.chat.schemas import ChatCompletionRequest, ModelCard, ModelList
-from server.chat.services import ChatService, Turn
+from server.chat.schemas import (
+    ChatCompletionRequest,
+    ConversationDetail,
+    ConversationSummary,
+    ModelCard,
+    ModelList,
+    StoredMessage,
+)
+from server.chat.services import ChatService, ConversationService, Turn
 from server.db.models import Channel
 from server.engine.router import ModelRouter
 
 
 def provide_chat_service(state: State) -> ChatService:
     return state.chat
+
+
+def provide_conversation_service(state: State) -> ConversationService:
+    return state.conversations
 
 
 def provide_model_router(state: State) -> ModelRouter:
@@ -79,3 +92,45 @@ class ChatController(Controller):
             if version.status != "retired"
         ]
         return ModelList(data=cards)
+
+
+class ConversationController(Controller):
+    path = "/api/conversations"
+    tags = ["conversations"]
+    dependencies = {"conversation_service": Provide(provide_conversation_service, sync_to_thread=False)}
+
+    @get("/", summary="Your conversations, most recent first")
+    async def list_conversations(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_service: ConversationService,
+        limit: int = Parameter(default=50, ge=1, le=200),
+        offset: int = Parameter(default=0, ge=0),
+    ) -> list[ConversationSummary]:
+        rows = await conversation_service.list_conversations(request.user, limit, offset)
+        return [ConversationSummary(row.id, row.title, row.channel, row.created_at, row.updated_at) for row in rows]
+
+    @get("/{conversation_id:uuid}", summary="One of your conversations with its messages")
+    async def get_conversation(
+        self, request: Request[Any, Any, Any], conversation_id: UUID, conversation_service: ConversationService
+    ) -> ConversationDetail:
+        conversation, messages = await conversation_service.get_conversation(request.user, conversation_id)
+        return ConversationDetail(
+            id=conversation.id,
+            title=conversation.title,
+            channel=conversation.channel,
+            created_at=conversation.created_at,
+            updated_at=conversation.updated_at,
+            messages=[
+                StoredMessage(
+                    id=message.id,
+                    role=message.role,
+                    content=message.content,
+                    status=message.status,
+                    created_at=message.created_at,
+                    model_version=message.model_version,
+                    finish_reason=message.finish_reason,
+                )
+                for message in messages
+            ],
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -65,6 +66,28 @@ class RatchetMetadata(Struct):
     # Guardrail verdicts on this turn (direction, rail, verdict, reason, duration_ms) and the policy that gave them.
     rails: list[dict[str, Any]] = []
     rails_version: str | None = None
+
+
+class StoredMessage(Struct):
+    id: UUID
+    role: str
+    content: str
+    status: str
+    created_at: datetime
+    model_version: str | None = None
+    finish_reason: str | None = None
+
+
+class ConversationSummary(Struct):
+    id: UUID
+    title: str
+    channel: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationDetail(ConversationSummary):
+    messages: list[StoredMessage] = []
 
 
 class ModelCard(Struct):

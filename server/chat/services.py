@@ -15,7 +15,7 @@ from uuid import UUID
 import anyio
 import httpx
 import msgspec
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
@@ -32,7 +32,7 @@ from server.rails.streaming import StreamGuard
 from server.settings import Settings
 from server.system import metrics
 
-ROUTE = "chat.completions"
+ROUTE = "/v1/chat/completions"
 
 
 class ConversationNotFoundError(LookupError):
@@ -574,3 +574,33 @@ def _shown_text(guard: StreamGuard) -> str:
 def _error_event(message: str) -> bytes:
     body = {"error": {"message": message, "type": "engine_unavailable", "code": "503"}}
     return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+class ConversationService:
+    """A user's own stored conversations; other users' are indistinguishable from missing ones."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def list_conversations(self, principal: Principal, limit: int, offset: int) -> list[Conversation]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(Conversation)
+                .where(Conversation.user_id == principal.user_id)
+                .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return list(rows)
+
+    async def get_conversation(self, principal: Principal, conversation_id: UUID) -> tuple[Conversation, list[Message]]:
+        async with self._sessions() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            if conversation is None or conversation.user_id != principal.user_id:
+                raise ConversationNotFoundError(f"No conversation {conversation_id}.")
+            messages = await session.scalars(
+                select(Message)
+                .where(Message.conversation_id == conversation_id)
+                .order_by(Message.created_at, Message.id)
+            )
+            return conversation, list(messages)

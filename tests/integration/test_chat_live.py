@@ -169,7 +169,7 @@ async def test_metrics_count_requests_tokens_and_ttft_by_model_version(live_serv
     assert counted("ratchet_requests_total{", version, 'status="complete"')
     assert counted("ratchet_time_to_first_token_seconds_count{", version)
     assert counted("ratchet_tokens_total{", version, 'kind="completion"')
-    assert counted("ratchet_request_seconds_count{", version, 'route="chat.completions"')
+    assert counted("ratchet_request_seconds_count{", version, 'route="/v1/chat/completions"')
 
 
 async def test_model_list_shows_the_alias_and_the_version(live_server: LiveServer) -> None:
