@@ -124,7 +124,15 @@ class TuneConfig:
 
     @classmethod
     def field_docs(cls) -> list[tuple[str, str]]:
-        return [(ENV_PREFIX + item.name.upper(), repr(getattr(cls(), item.name))) for item in dataclasses.fields(cls)]
+        """(env var, default) in the form the env var takes."""
+        defaults = cls()
+        return [
+            (ENV_PREFIX + item.name.upper(), _shown(getattr(defaults, item.name))) for item in dataclasses.fields(cls)
+        ]
+
+
+def _shown(value: Any) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def _parse(raw: str, hint: Any) -> Any:

@@ -14,6 +14,8 @@ from server.db.models import TuningRun
 from server.settings import Settings
 
 T = TypeVar("T")
+# What the job needs to know about an earlier run.
+FIELDS = ("run_id", "status", "stage", "run_dir", "data_until", "reward_model_path")
 
 
 class RunRecords:
@@ -56,6 +58,6 @@ class RunRecords:
             )
             if row is None:
                 return None
-            return {column.name: getattr(row, column.key) for column in TuningRun.__table__.columns}
+            return {name: getattr(row, name) for name in FIELDS}
 
         return self._call(work)

@@ -1,0 +1,252 @@
+"""The nightly job end to end on CPU with tiny settings: a store of realistic feedback → `python -m tuning nightly`
+→ a reward model, one adapter per method, held-out figures and a report; a run killed mid-training resumes; the
+next run skips for lack of new data; two runs never overlap.
+
+It runs the real trainers on the real SmolLM2 checkpoint, so it takes a few minutes; SQLite only, because the
+job's database use (one export and a handful of run-record writes) is covered on PostgreSQL by the export and
+controller tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from bench.feedback_seed import Judged, seed
+from server.db.engine import build_db_config
+from server.db.migrate import upgrade
+from server.settings import Settings
+from tests.conftest import PREPARED_MODEL
+from tuning.config import TuneConfig
+from tuning.nightly import Nightly, TuningBusy, UnfinishedRun, run_lock
+
+REPO = Path(__file__).resolve().parents[2]
+# kto first: the test kills the run in the first policy stage, and redoing a cheap one keeps the test short.
+METHODS = ["kto", "sft", "prompt_tuning", "rl"]
+TINY = {
+    "METHODS": ",".join(METHODS),
+    "MIN_NEW_ROWS": "12",
+    "MIN_NEW_PAIRS": "2",
+    "MAX_LENGTH": "96",
+    "BATCH_SIZE": "2",
+    "THREADS": "2",
+    "NICE": "0",  # the test process is niced by whoever runs it; nicing again would starve it
+    "REWARD_MAX_STEPS": "2",
+    "KTO_MAX_STEPS": "1",
+    "SFT_MAX_STEPS": "1",
+    "PROMPT_TUNING_MAX_STEPS": "1",
+    "RL_MAX_STEPS": "1",
+    "RL_NUM_GENERATIONS": "2",
+    "RL_MAX_COMPLETION_LENGTH": "8",
+    "RL_MAX_PROMPTS": "4",
+}
+
+# Questions employees ask, a concise answer they liked and a rambling or wrong one they did not.
+CONVERSATIONS = [
+    (
+        "How do I reset my VPN password?",
+        "Open id.example.com, choose 'Forgot password' and follow the email link.",
+        "There are many ways passwords can be managed in an organisation, and it depends on many things.",
+    ),
+    (
+        "Where do I file an expense report?",
+        "In Expenses: New report, attach the receipts, submit to your manager.",
+        "Expense reports are an important part of corporate finance. Historically, companies used paper forms.",
+    ),
+    (
+        "What is the Wi-Fi password for guests?",
+        "Guests use the 'Visitor' network; reception prints a daily code.",
+        "I cannot help with that.",
+    ),
+    (
+        "How many vacation days do I get?",
+        "25 days a year, plus public holidays; see the HR portal for your balance.",
+        "Vacation is a great way to recharge. Many people enjoy travelling to the beach or the mountains.",
+    ),
+    (
+        "Who approves purchase orders over 10k?",
+        "Your department head and then Finance approve them in Procure.",
+        "Purchase orders are documents. They have numbers. Approval is a process.",
+    ),
+    (
+        "How do I book a meeting room?",
+        "Use the Rooms tab in Calendar and pick a free room for your slot.",
+        "Meeting rooms are rooms where meetings happen, usually with a table and chairs and a screen.",
+    ),
+    (
+        "What is the on-call rotation tool?",
+        "We use PagerDuty; the schedule is under Ops > On-call.",
+        "On-call is when engineers are available to respond to incidents at any time of day or night.",
+    ),
+    (
+        "How do I request a new laptop?",
+        "Open a ticket in the IT portal under Hardware > Laptop request.",
+        "Laptops are portable computers. There are many brands, such as several well-known manufacturers.",
+    ),
+    ("When is payday?", "The last working day of each month.", "Payday depends on the calendar."),
+    (
+        "How do I add someone to a Slack channel?",
+        "Type /invite @name in the channel.",
+        "Slack is a messaging application used by many companies around the world for communication.",
+    ),
+    (
+        "Where is the security policy?",
+        "On the intranet under Policies > Information security.",
+        "Security is important. Everyone should care about security at all times, always.",
+    ),
+    (
+        "How do I get a parking permit?",
+        "Ask Facilities through the parking form on the intranet.",
+        "Parking can be difficult in cities. Public transport is often a better option for commuting.",
+    ),
+]
+
+
+def judged() -> list[Judged]:
+    items = []
+    for index, (question, good, bad) in enumerate(CONVERSATIONS):
+        items.append(Judged(question, good, "up"))
+        # Every third bad answer is corrected by ops rather than only voted down.
+        correction = good if index % 3 == 0 else None
+        items.append(Judged(question, bad, "down", correction))
+    return items
+
+
+def job_env(data_dir: Path, database_url: str, business: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "RATCHET_DATA_DIR": str(data_dir),
+        "RATCHET_DATABASE_URL": database_url,
+        "RATCHET_BASE_MODEL": str(PREPARED_MODEL),
+        "RATCHET_RAILS_CONFIG": str(REPO / "guardrails"),
+        "RATCHET_TUNE_BUSINESS_DATA_DIR": str(business),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.update({f"RATCHET_TUNE_{key}": value for key, value in TINY.items()})
+    return env
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[Settings, dict[str, str]]]:
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'ratchet.db'}"
+    upgrade(database_url)
+    business = tmp_path / "business"
+    business.mkdir()
+    (business / "faq.jsonl").write_text(
+        json.dumps({"prompt": "What does Ratchet do?", "response": "It answers employees' questions."}) + "\n"
+    )
+    (business / "handbook.md").write_text("# Handbook\n\nOffices open at 8.\n\nBadges are issued by Facilities.")
+    settings = Settings(data_dir=tmp_path, database_url=database_url, base_model=PREPARED_MODEL)
+
+    async def fill() -> None:
+        config = build_db_config(settings)
+        await seed(config.create_session_maker(), judged())
+        await config.get_engine().dispose()
+
+    asyncio.run(fill())
+    yield settings, job_env(tmp_path, database_url, business)
+
+
+def tune(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tuning", command], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+def only_run(settings: Settings) -> Path:
+    (run_dir,) = (settings.data_dir / "tuning" / "runs").iterdir()
+    return run_dir
+
+
+def test_nightly_trains_every_method_resumes_after_a_kill_and_then_skips(
+    store: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, env = store
+    started = time.monotonic()
+    # Kill the first run while its first policy update is training: its progress bar has started (after the model
+    # loaded and the reward model stage finished).
+    job = subprocess.Popen(
+        [sys.executable, "-m", "tuning", "nightly"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    output = bytearray()
+    stream = job.stdout
+    assert stream is not None
+
+    def pump() -> None:
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            output.extend(chunk)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    while not re.search(rb": kto .*?Extracting KL train dataset.*? 0%\|", bytes(output), re.DOTALL):
+        assert job.poll() is None, output.decode(errors="replace")[-3000:]
+        assert time.monotonic() - started < 400, "the kto stage never started training"
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    reader.join()
+    run_dir = only_run(settings)
+    assert not (run_dir / "stages" / "kto.json").exists(), "the kill came too late to test resuming mid-training"
+    reward_marker = (run_dir / "stages" / "reward_model.json").stat().st_mtime_ns
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+
+    config = TuneConfig.load(environ={f"RATCHET_TUNE_{key}": value for key, value in TINY.items()})
+    with pytest.raises(UnfinishedRun, match="resume"):
+        Nightly(settings, config).nightly()
+
+    resumed = tune(env, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "succeeded" in resumed.stdout
+    assert "reward_model: already finished" in resumed.stderr
+    assert (run_dir / "stages" / "reward_model.json").stat().st_mtime_ns == reward_marker
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    assert (Path(record["reward_model_path"]) / "model.safetensors").exists()
+    held_out = record["held_out"]["candidate"]
+    assert held_out["held_out_pairs"] > 0 and 0 <= held_out["pairwise_accuracy"] <= 1
+    assert record["counts"]["business_pairs"] == 1 and record["counts"]["business_document_chunks"] == 1
+    assert record["counts"]["export_rows_by_source"]["reward.correction"] == 4
+    assert len(record["dataset_hash"]) == 64 and {"torch", "trl", "peft"} <= set(record["versions"])
+    assert set(record["adapters"]) == set(METHODS)
+    for method in ("rl", "kto", "sft"):
+        adapter = json.loads((Path(record["adapters"][method]) / "adapter_config.json").read_text())
+        # What vLLM's runtime LoRA loading accepts: plain LoRA, no extra saved modules, no bias.
+        assert adapter["peft_type"] == "LORA" and not adapter["modules_to_save"] and adapter["bias"] == "none"
+    soft = load_file(Path(record["adapters"]["prompt_tuning"]) / "adapter_model.safetensors")["prompt_embeddings"]
+    assert tuple(soft.shape) == (8, 576)
+    for stage in ("reward_model", *METHODS):
+        history = json.loads((run_dir / "stages" / f"{stage}.json").read_text())["log_history"]
+        assert any("loss" in entry for entry in history), stage
+    report = (run_dir / "report.html").read_text()
+    assert "pairwise_accuracy" in report
+    for chart in ("chart-reward_model.png", "chart-rl.png"):
+        assert chart in report and (run_dir / chart).stat().st_size > 1000
+
+    again = tune(env, "nightly")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipped" in again.stdout and "too little new data" in again.stdout
+    second = next(path for path in (settings.data_dir / "tuning" / "runs").iterdir() if path != run_dir)
+    assert not (second / "reward_model").exists()
+    assert json.loads((second / "run.json").read_text())["data_since"] == record["data_until"]
+
+
+def test_a_run_refuses_to_start_while_another_holds_the_lock(store: tuple[Settings, dict[str, str]]) -> None:
+    settings, _ = store
+    config = TuneConfig()
+    job = Nightly(settings, config)
+    with run_lock(job.root), pytest.raises(TuningBusy, match="another tuning run"):
+        job.nightly()
+    assert not (job.root / "runs").exists()
