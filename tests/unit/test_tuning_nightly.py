@@ -250,3 +250,21 @@ def test_a_run_refuses_to_start_while_another_holds_the_lock(store: tuple[Settin
     with run_lock(job.root), pytest.raises(TuningBusy, match="another tuning run"):
         job.nightly()
     assert not (job.root / "runs").exists()
+
+
+def test_abandoning_a_killed_run_lets_the_next_run_start_over_its_data_window(
+    store: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, _ = store
+    job = Nightly(settings, TuneConfig())
+    killed = job._start()  # what a run killed before its first stage leaves behind
+    with pytest.raises(UnfinishedRun):
+        job.nightly()
+
+    abandoned = job.abandon()
+    assert abandoned.run_id == killed.run_id
+    assert json.loads((killed.dir / "run.json").read_text())["status"] == "abandoned"
+    with pytest.raises(UnfinishedRun, match="no unfinished run"):
+        job.resume()
+    # No run succeeded, so the next one reads the store from the start, the abandoned window included.
+    assert job._start().record["data_since"] is None
