@@ -18,8 +18,8 @@ from server.feedback.schemas import DeletedData, RegeneratedAnswer, Vote, VoteIn
 from server.feedback.services import AnswerNotFoundError, FeedbackService, UserDataService, UserNotFoundError
 
 
-def provide_feedback_service(db_session: AsyncSession) -> FeedbackService:
-    return FeedbackService(db_session)
+def provide_feedback_service(state: State) -> FeedbackService:
+    return FeedbackService(state.sessions)
 
 
 def provide_user_data_service(db_session: AsyncSession) -> UserDataService:

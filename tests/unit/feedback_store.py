@@ -211,8 +211,7 @@ async def seed_realistic_store(sessions: async_sessionmaker[AsyncSession]) -> Se
         (bob, turns["canary"].answer_id, VoteValue.UP, []),
     ]
     for voter, message_id, value, reasons in votes:
-        async with sessions() as session:
-            await FeedbackService(session).set_vote(voter.principal, message_id, value, reasons, "")
+        await FeedbackService(sessions).set_vote(voter.principal, message_id, value, reasons, "")
     olivia = people["olivia"].principal
     decisions = [
         (turns["vpn"].answer_id, ReviewDecisionKind.APPROVE, None),
