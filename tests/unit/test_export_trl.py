@@ -20,6 +20,8 @@ from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
 from tests.unit.feedback_store import seed_realistic_store
 
+pytestmark = pytest.mark.trl
+
 MODEL = str(PREPARED_MODEL)
 
 
