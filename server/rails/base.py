@@ -30,6 +30,8 @@ class RailVerdict:
     verdict: Verdict
     reason: str
     duration_ms: float
+    # The rewritten text, for a MODIFY verdict from a rail run outside the Colang flows (never serialised).
+    rewrite: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -179,8 +179,8 @@ class Policy:
     output_pii_action: PiiAction = "redact"
     blocked_output_terms: tuple[re.Pattern[str], ...] = ()
     system_prompt_leak_chars: int = 60
-    stream_window_chars: int = 48
-    stream_holdback_chars: int = 40
+    stream_window_chars: int = 16
+    stream_holdback_chars: int = 8
     # Filled by `prepare`: the embeddings of known attacks and topic examples, computed once per config load.
     _attack_vectors: np.ndarray | None = field(default=None, repr=False)
     _topic_vectors: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)

@@ -31,7 +31,8 @@ from nemoguardrails.rails.llm.options import GenerationResponse
 from nemoguardrails.rails.llm.utils import get_action_details_from_flow_id
 
 log = logging.getLogger("ratchet.rails")
-FALLBACK_REFUSAL = "I can't share that answer."
+FALLBACK_REFUSAL = "Sorry, I can't help with that right now."
+RAIL_FAILED = "the rail failed; blocked to be safe"
 T = TypeVar("T")
 
 
@@ -78,7 +79,7 @@ def _verdicts_from_log(response: GenerationResponse, direction: Direction) -> tu
             verdict = Verdict.BLOCK
             # A rail whose action raised returns NeMo's internal-error result: that is still a block.
             if not reasons and not any(isinstance(outcome, RailOutcome) for outcome in outcomes):
-                reasons = ["the rail failed; blocked to be safe"]
+                reasons = [RAIL_FAILED]
         elif any(isinstance(outcome, RailOutcome) and outcome.is_transform for outcome in outcomes):
             verdict = Verdict.MODIFY
         else:
@@ -111,16 +112,15 @@ class NemoRails:
         self._rails.register_action_param("ratchet_embedder", embedder)
         self._has_input = bool(config.rails.input.flows)
         self._has_output = bool(config.rails.output.flows)
-        # Streaming windows call each output flow's action directly, as NeMo's own streaming output rails do:
-        # the Colang runtime costs ~10 ms per run, too much to pay every few tokens.
-        self._output_actions: list[tuple[str, str, dict[str, Any]]] = []
-        for flow_id in config.rails.output.flows:
-            try:
-                action_name, params = get_action_details_from_flow_id(flow_id, config.flows)
-            except ValueError as error:
-                self._thread.stop()
-                raise RailsConfigError(f"output rail {flow_id!r} cannot run on a stream: {error}") from error
-            self._output_actions.append((flow_id, action_name, params))
+        # The fast path calls each rail flow's action directly, as NeMo's own streaming output rails do: the
+        # Colang runtime costs ~10 ms of CPU per run, too much to pay on every message and every stream window.
+        # The flows still decide whenever a rail does anything but allow (see `_fast`).
+        try:
+            self._input_actions = _flow_actions(config, config.rails.input.flows)
+            self._output_actions = _flow_actions(config, config.rails.output.flows)
+        except ValueError as error:
+            self._thread.stop()
+            raise RailsConfigError(f"a rail flow runs no action Ratchet can call: {error}") from error
 
     @classmethod
     def load(cls, config_dir: Path, embedder: Embedder | None) -> NemoRails:
@@ -175,6 +175,16 @@ class NemoRails:
         user = _last_user(messages)
         if not self._has_input:
             return RailsResult(user, ())
+        context = {**_context(messages)["content"], "user_message": user}
+        verdicts = await self._fast(Direction.INPUT, self._input_actions, user, context)
+        if verdicts is not None and all(verdict.verdict == Verdict.PASS for verdict in verdicts):
+            return RailsResult(user, verdicts)
+        if verdicts is not None and verdicts[-1].reason == RAIL_FAILED:
+            return RailsResult(FALLBACK_REFUSAL, verdicts)
+        return await self._input_flows(user)
+
+    async def _input_flows(self, user: str) -> RailsResult:
+        """The Colang input flows: their refusals, rewrites and per-rail log."""
         response = await self._rails.generate_async(
             # Fresh state per call: LLMRails otherwise caches every conversation's events, without bound.
             messages=[{"role": "user", "content": user}],
@@ -186,6 +196,16 @@ class NemoRails:
     async def _output(self, messages: list[dict[str, str]], answer: str) -> RailsResult:
         if not self._has_output:
             return RailsResult(answer, ())
+        context = {**_context(messages)["content"], "user_message": _last_user(messages), "bot_message": answer}
+        verdicts = await self._fast(Direction.OUTPUT, self._output_actions, answer, context)
+        if verdicts is not None and all(verdict.verdict == Verdict.PASS for verdict in verdicts):
+            return RailsResult(answer, verdicts)
+        if verdicts is not None and verdicts[-1].reason == RAIL_FAILED:
+            return RailsResult(FALLBACK_REFUSAL, verdicts)
+        return await self._output_flows(messages, answer)
+
+    async def _output_flows(self, messages: list[dict[str, str]], answer: str) -> RailsResult:
+        """The Colang output flows: their refusals, rewrites and per-rail log."""
         response = await self._rails.generate_async(
             messages=[
                 _context(messages),
@@ -198,39 +218,56 @@ class NemoRails:
         return RailsResult(_content(response), _verdicts_from_log(response, Direction.OUTPUT))
 
     async def _output_window(self, messages: list[dict[str, str]], answer: str) -> RailsResult:
-        context = {**_context(messages)["content"], "user_message": _last_user(messages)}
-        dispatcher = self._rails.runtime.action_dispatcher
-        params = self._rails.runtime.registered_action_params
-        verdicts: list[RailVerdict] = []
-        text = answer
-        for flow_id, action_name, action_params in self._output_actions:
-            started = time.perf_counter()
-            resolved = {key: text if value == "$bot_message" else value for key, value in action_params.items()}
-            outcome, status = await dispatcher.execute_action(
-                action_name,
-                {**params, **resolved, "context": {**context, "bot_message": text}, "config": self._rails.config},
-            )
-            elapsed = (time.perf_counter() - started) * 1000
-            if status != "success" or not isinstance(outcome, RailOutcome):
-                verdicts.append(
-                    RailVerdict(
-                        Direction.OUTPUT, flow_id, Verdict.BLOCK, "the rail failed; blocked to be safe", elapsed
-                    )
-                )
-                break
-            if outcome.is_blocked:
-                verdicts.append(RailVerdict(Direction.OUTPUT, flow_id, Verdict.BLOCK, outcome.reason or "", elapsed))
-                break
-            if outcome.is_transform:
-                text = outcome.transform_text.get("bot_message", text)
-                verdicts.append(RailVerdict(Direction.OUTPUT, flow_id, Verdict.MODIFY, outcome.reason or "", elapsed))
-            else:
-                verdicts.append(RailVerdict(Direction.OUTPUT, flow_id, Verdict.PASS, "", elapsed))
+        context = {**_context(messages)["content"], "user_message": _last_user(messages), "bot_message": answer}
+        verdicts = await self._fast(Direction.OUTPUT, self._output_actions, answer, context)
+        if verdicts is None:
+            # A rail (e.g. NeMo's own `self check output`) only makes sense as its Colang flow.
+            return await self._output_flows(messages, answer)
         if any(verdict.verdict == Verdict.BLOCK for verdict in verdicts):
             # The refusal the user sees is the Colang flow's own `bot refuse ...` message.
-            full = await self._output(messages, answer)
-            return RailsResult(full.text if full.blocked else FALLBACK_REFUSAL, tuple(verdicts))
-        return RailsResult(text, tuple(verdicts))
+            full = await self._output_flows(messages, answer)
+            return RailsResult(full.text if full.blocked else FALLBACK_REFUSAL, verdicts)
+        text = answer
+        for verdict in verdicts:
+            if verdict.verdict == Verdict.MODIFY and verdict.rewrite is not None:
+                text = verdict.rewrite
+        return RailsResult(text, verdicts)
+
+    async def _fast(
+        self, direction: Direction, actions: list[tuple[str, str, dict[str, Any]]], text: str, context: dict[str, Any]
+    ) -> tuple[RailVerdict, ...] | None:
+        """Each rail's action in flow order on `text`, through NeMo's action dispatcher; a rewrite feeds the next
+        rail, a block or a failing rail ends the run with a block (fail closed). None when an action returns no
+        `RailOutcome` (a NeMo library rail): then only its Colang flow can say what it decided."""
+        dispatcher = self._rails.runtime.action_dispatcher
+        params = self._rails.runtime.registered_action_params
+        variable = "$user_message" if direction == Direction.INPUT else "$bot_message"
+        verdicts: list[RailVerdict] = []
+        for flow_id, action_name, action_params in actions:
+            started = time.perf_counter()
+            resolved = {key: text if value == variable else value for key, value in action_params.items()}
+            outcome, status = await dispatcher.execute_action(
+                action_name, {**params, **resolved, "context": context, "config": self._rails.config}
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+            if status != "success":
+                verdicts.append(RailVerdict(direction, flow_id, Verdict.BLOCK, RAIL_FAILED, elapsed))
+                break
+            if not isinstance(outcome, RailOutcome):
+                return None
+            if outcome.is_blocked:
+                verdicts.append(RailVerdict(direction, flow_id, Verdict.BLOCK, outcome.reason or "", elapsed))
+                break
+            if outcome.is_transform:
+                text = next(iter(outcome.transform_text.values()))
+                verdicts.append(RailVerdict(direction, flow_id, Verdict.MODIFY, outcome.reason or "", elapsed, text))
+            else:
+                verdicts.append(RailVerdict(direction, flow_id, Verdict.PASS, "", elapsed))
+        return tuple(verdicts)
+
+
+def _flow_actions(config: RailsConfig, flow_ids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(flow_id, *get_action_details_from_flow_id(flow_id, config.flows)) for flow_id in flow_ids]
 
 
 def _content(response: GenerationResponse) -> str:

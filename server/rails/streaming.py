@@ -3,19 +3,24 @@ passed the text that contains it.
 
 Every `window_chars` new characters the rails check the whole answer so far (so a pattern is judged in full
 context, never on a fragment). Of the checked text, everything but the last `holdback_chars` is released, cut
-at a whitespace so a token (an e-mail address, a card number) is never split between two windows; the held
-back tail waits for more text or the end. Modifying rails (redaction) rewrite the answer so far; what was
+at a whitespace so a token (an e-mail address, a key) is never split between two windows, and never inside a
+number still being written at the end (a card or phone number spans several tokens); the held back tail waits
+for more text or the end. Modifying rails (redaction) rewrite the answer so far; what was
 released must stay a prefix of each new rewrite, otherwise a finding reached back into text already sent and
 the stream is stopped (fail closed).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from server.rails.base import Direction, Rails, RailsResult, RailVerdict, Verdict
 
 _SEVERITY = {Verdict.PASS: 0, Verdict.MODIFY: 1, Verdict.BLOCK: 2}
+# A number still being written at the end of the text (card, phone, IBAN, NINO, SSN: groups separated by spaces,
+# so they span several tokens): held back whole until text that cannot belong to it follows, or the answer ends.
+_OPEN_NUMBER = re.compile(r"(?:\b[A-Z]{2} ?\d{2}|[+(]?\d)[\dA-Z ()+./-]*$")
 
 
 @dataclass(slots=True)
@@ -77,6 +82,8 @@ class StreamGuard:
         cut = len(checked)
         if not final:
             cut = max(len(self.released), len(checked) - self.rails.stream_holdback_chars)
+            if open_number := _OPEN_NUMBER.search(checked, len(self.released)):
+                cut = min(cut, open_number.start())
             space = max(checked.rfind(" ", len(self.released), cut), checked.rfind("\n", len(self.released), cut))
             cut = space + 1 if space >= 0 else len(self.released)
         out = checked[len(self.released) : cut]

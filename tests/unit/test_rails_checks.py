@@ -13,6 +13,11 @@ from server.rails.embeddings import shared_embedder
 from server.rails.nemo import NemoRails
 from tests.unit.rails_fixtures import REPO_RAILS, copy_rails, set_knob
 
+# Turns the topic rail's action into one that raises on every message.
+RAISING_TOPICS = (
+    "    return _outcome(await asyncio.to_thread(check_topics",
+    "    raise RuntimeError('bug')\n    return _outcome(",
+)
 SYSTEM = "You are Ratchet, the company's internal assistant. Answer employees' questions helpfully and concisely."
 
 
@@ -159,6 +164,7 @@ async def test_an_extra_pattern_knob_refuses_matching_messages(tmp_path: Path) -
         (lambda d: set_knob(d, "jailbreak", "extra_patterns", ["(unclosed"]), "custom_data.ratchet"),
         (lambda d: set_knob(d, "personal_data", "input", "shred"), "redact or block"),
         (lambda d: (d / "config.yml").unlink(), "no config.yml"),
+        (lambda d: (d / "actions.py").write_text((d / "actions.py").read_text().replace(*RAISING_TOPICS)), "fails on"),
     ],
 )
 def test_a_malformed_config_is_refused_with_the_reason(

@@ -41,16 +41,25 @@ async def test_clean_answer_is_released_whole_and_unchanged(rails: NemoRails) ->
 
 
 @pytest.mark.parametrize("token_chars", [1, 2, 3, 5, 8])
-async def test_a_card_number_split_across_windows_never_reaches_the_client(rails: NemoRails, token_chars: int) -> None:
-    answer = (
-        "Thanks for waiting. The card on file for the booking is 4111 1111 1111 1111 and it expires next year, "
-        "so nothing needs to change for the trip."
-    )
+@pytest.mark.parametrize(
+    ("secret", "placeholder"),
+    [
+        ("4111 1111 1111 1111", "[CARD_NUMBER]"),
+        ("GB82 WEST 1234 5698 7654 32", "[IBAN]"),
+        ("+44 20 7946 0958", "[PHONE]"),
+        ("JG 12 34 56 C", "[UK_NINO]"),
+    ],
+)
+async def test_a_number_split_across_windows_never_reaches_the_client(
+    rails: NemoRails, token_chars: int, secret: str, placeholder: str
+) -> None:
+    answer = f"Thanks for waiting. The one on file for the booking is {secret} and it stays valid, so nothing changes."
     guard = StreamGuard(rails, MESSAGES)
     pieces = await stream(guard, answer, token_chars)
     sent = "".join(pieces)
-    assert not any(digit_run in piece for piece in pieces for digit_run in ("4111", "1111"))
-    assert sent == answer.replace("4111 1111 1111 1111", "[CARD_NUMBER]")
+    assert sent == answer.replace(secret, placeholder)
+    for group in secret.split()[1:]:
+        assert not any(group in piece for piece in pieces)
     verdicts = {verdict.rail: verdict for verdict in guard.verdicts}
     assert verdicts["ratchet mask personal data on output"].verdict == Verdict.MODIFY
 

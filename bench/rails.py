@@ -1,0 +1,185 @@
+"""Rails benchmark: the same chat workload through Ratchet with the guardrails on and off, in one run.
+
+Starts two real `ratchet serve` apps on scratch data dirs, one with RATCHET_RAILS_ENABLED=false, both on the
+same vLLM (an external one with --vllm-url, otherwise the rails-off app supervises its own and the rails-on app
+uses it). Then measures
+  * per-request overhead: the same benign question (temperature 0, so the same answer) sent to both apps one
+    after the other, alternating which goes first; overhead = latency with rails - latency without;
+  * the streaming window cost: time to first token of the same streamed questions, with rails - without;
+  * throughput: `--concurrency` concurrent streamed chats on each app, requests per second;
+  * whether the rails stall the event loop: /healthz latency polled while each app is under that load.
+Prints one line per figure, e.g. `ratio throughput_rails_vs_none 0.97`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.settings import get_settings
+from server.testing import LiveServer, free_port, start_server, stop_server, wait_ready
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant for the company's employees."}
+
+
+def questions() -> list[str]:
+    """Ordinary employee questions: the benign eval set (what the rails see most in real use)."""
+    path = Path(__file__).resolve().parents[1] / "guardrails" / "eval" / "benign.jsonl"
+    return [json.loads(line)["text"] for line in path.read_text().split("\n") if line.strip()]
+
+
+def body(question: str, max_tokens: int, stream: bool) -> dict[str, object]:
+    return {
+        "messages": [SYSTEM, {"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    }
+
+
+async def timed_chat(client: httpx.AsyncClient, server: LiveServer, question: str, max_tokens: int) -> float:
+    started = time.perf_counter()
+    response = await client.post(
+        f"{server.base_url}/v1/chat/completions", json=body(question, max_tokens, False), headers=server.headers()
+    )
+    response.raise_for_status()
+    return time.perf_counter() - started
+
+
+async def timed_stream(
+    client: httpx.AsyncClient, server: LiveServer, question: str, max_tokens: int
+) -> tuple[float, float]:
+    """(time to first content, total) of one streamed chat."""
+    started = time.perf_counter()
+    first: float | None = None
+    url = f"{server.base_url}/v1/chat/completions"
+    async with client.stream("POST", url, json=body(question, max_tokens, True), headers=server.headers()) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data: {") and '"content":"' in line:
+                first = time.perf_counter() - started
+    total = time.perf_counter() - started
+    return (first if first is not None else total), total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def paired(
+    client: httpx.AsyncClient, on: LiveServer, off: LiveServer, prompts: list[str], max_tokens: int
+) -> tuple[list[float], list[float]]:
+    """Overheads in ms (rails - none) for whole non-streamed requests and for streamed time to first token."""
+    request_overheads, ttft_overheads = [], []
+    for index, question in enumerate(prompts):
+        order = [(on, "on"), (off, "off")] if index % 2 else [(off, "off"), (on, "on")]
+        latency, ttft = {}, {}
+        for server, name in order:
+            latency[name] = await timed_chat(client, server, question, max_tokens)
+        for server, name in order:
+            ttft[name], _ = await timed_stream(client, server, question, max_tokens)
+        request_overheads.append((latency["on"] - latency["off"]) * 1000)
+        ttft_overheads.append((ttft["on"] - ttft["off"]) * 1000)
+    return request_overheads, ttft_overheads
+
+
+async def loaded(
+    client: httpx.AsyncClient, server: LiveServer, prompts: list[str], concurrency: int, max_tokens: int
+) -> tuple[float, list[float]]:
+    """Requests per second at `concurrency` streamed chats, and /healthz latencies (ms) polled meanwhile."""
+    queue = list(prompts)
+    health: list[float] = []
+    done = asyncio.Event()
+
+    async def worker() -> None:
+        while queue:
+            await timed_stream(client, server, queue.pop(), max_tokens)
+
+    async def poll_health() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            (await client.get(f"{server.base_url}/healthz")).raise_for_status()
+            health.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.05)
+
+    poller = asyncio.create_task(poll_health())
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    done.set()
+    await poller
+    return len(prompts) / elapsed, health
+
+
+async def run(on: LiveServer, off: LiveServer, args: argparse.Namespace) -> None:
+    prompts = questions()
+    async with httpx.AsyncClient(timeout=600) as client:
+        # Warm-up: first requests pay one-off costs (connections, vLLM prefix cache) on both apps.
+        for server in (on, off):
+            await timed_chat(client, server, prompts[0], 8)
+        request_overheads, ttft_overheads = await paired(client, on, off, prompts[: args.samples], args.max_tokens)
+        load = (prompts * 4)[: args.load_requests]
+        rps_off, health_off = await loaded(client, off, load, args.concurrency, args.max_tokens)
+        rps_on, health_on = await loaded(client, on, load, args.concurrency, args.max_tokens)
+    print(f"rails_overhead_ms_p50 {statistics.median(request_overheads):.1f}")
+    print(f"rails_overhead_ms_p95 {percentile(request_overheads, 0.95):.1f}")
+    print(f"rails_stream_ttft_overhead_ms_p50 {statistics.median(ttft_overheads):.1f}")
+    print(f"rails_stream_ttft_overhead_ms_p95 {percentile(ttft_overheads, 0.95):.1f}")
+    print(f"throughput_rps_rails {rps_on:.3f}")
+    print(f"throughput_rps_none {rps_off:.3f}")
+    print(f"ratio throughput_rails_vs_none {rps_on / rps_off:.3f}")
+    print(f"healthz_ms_p95_under_load_rails {percentile(health_on, 0.95):.1f}")
+    print(f"healthz_ms_p95_under_load_none {percentile(health_off, 0.95):.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vllm-url", default="", help="Use this running vLLM instead of starting one.")
+    parser.add_argument("--samples", type=int, default=30, help="Paired questions for the overhead figures.")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--load-requests", type=int, default=48, help="Streamed chats per app under load.")
+    args = parser.parse_args()
+    settings = get_settings()
+    with tempfile.TemporaryDirectory(prefix="ratchet-bench-rails-") as scratch:
+        root = Path(scratch)
+        servers: list[LiveServer] = []
+        try:
+            vllm = {"RATCHET_VLLM_URL": args.vllm_url}
+            if not args.vllm_url:
+                vllm["RATCHET_VLLM_PORT"] = str(free_port())
+            off = start_server(
+                root / "off",
+                f"sqlite+aiosqlite:///{root / 'off' / 'ratchet.db'}",
+                settings.base_model_dir.resolve(),
+                {**vllm, "RATCHET_RAILS_ENABLED": "false"},
+            )
+            servers.append(off)
+            wait_ready(off, 900)
+            on = start_server(
+                root / "on",
+                f"sqlite+aiosqlite:///{root / 'on' / 'ratchet.db'}",
+                settings.base_model_dir.resolve(),
+                {"RATCHET_VLLM_URL": off.vllm_url, "RATCHET_RAILS_ENABLED": "true"},
+            )
+            servers.append(on)
+            wait_ready(on, 300)
+            asyncio.run(run(on, off, args))
+        finally:
+            for server in reversed(servers):
+                stop_server(server)
+
+
+if __name__ == "__main__":
+    main()
