@@ -76,37 +76,28 @@ def tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(MODEL)
 
 
-def test_every_exported_file_trains_one_step_with_its_trl_trainer(
-    exported: Path, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+# Which trainer reads which exported file.
+TRAINERS = {
+    "kto": (KTOTrainer, KTOConfig, "kto.jsonl"),
+    "reward": (RewardTrainer, RewardConfig, "preference.jsonl"),
+    "dpo": (DPOTrainer, DPOConfig, "preference.jsonl"),
+    "sft": (SFTTrainer, SFTConfig, "sft.jsonl"),
+}
+
+
+# One trainer per test, so each model is freed before the next is loaded.
+@pytest.mark.parametrize("name", list(TRAINERS))
+def test_exported_file_trains_one_step_with_the_trl_trainer_that_consumes_it(
+    name: str, exported: Path, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
 ) -> None:
-    kto = KTOTrainer(
+    trainer_class, config_class, file_name = TRAINERS[name]
+    trainer = trainer_class(
         model=MODEL,
-        args=KTOConfig(**cpu_args(tmp_path / "kto")),
-        train_dataset=load(exported, "kto.jsonl"),
+        args=config_class(**cpu_args(tmp_path / name)),
+        train_dataset=load(exported, file_name),
         processing_class=tokenizer,
     )
-    pairs = load(exported, "preference.jsonl")
-    reward_model = RewardTrainer(
-        model=MODEL,
-        args=RewardConfig(**cpu_args(tmp_path / "rm")),
-        train_dataset=pairs,
-        processing_class=tokenizer,
-    )
-    dpo = DPOTrainer(
-        model=MODEL,
-        args=DPOConfig(**cpu_args(tmp_path / "dpo")),
-        train_dataset=pairs,
-        processing_class=tokenizer,
-    )
-    sft = SFTTrainer(
-        model=MODEL,
-        args=SFTConfig(**cpu_args(tmp_path / "sft")),
-        train_dataset=load(exported, "sft.jsonl"),
-        processing_class=tokenizer,
-    )
-    for trainer in (kto, reward_model, dpo, sft):
-        result = trainer.train()
-        assert result.global_step == 1, type(trainer).__name__
+    assert trainer.train().global_step == 1
 
 
 def test_reward_triplets_render_through_trl_chat_templating_with_a_numeric_reward(
