@@ -1,0 +1,314 @@
+"""Does the nightly loop learn what users prefer, and does the model stay useful? One run, base vs each candidate.
+
+1. The base model answers a set of product questions (sampled, several answers each) under a company system
+   prompt. Simulated users vote on those answers with a consistent preference the trainer is never told about:
+   up when the answer is concise (≤ CONCISE_WORDS words) or names the company's product, down otherwise. Some
+   down-voted answers get an ops correction. All of it goes into a scratch store the way the app stores it.
+2. `ratchet tune nightly` runs on that store with a CPU-sized budget (reward model + the configured methods).
+3. Base and every candidate answer held-out product questions (never voted on) and a fixed set of questions with
+   known short answers, greedily. Printed, one line per figure:
+     figure reward_model_held_out_auc            (target ≥ 0.8)
+     ratio  length_ratio_candidate_vs_base        (mean words; < 1 is more concise)
+     ratio  product_name_rate_candidate_vs_base   (rates printed too, since the base rate can be 0)
+     ratio  accuracy_candidate_vs_base            (known short answers; target ≥ 0.95)
+     figure degenerate_rate                       (empty, looping, or repeating the system prompt)
+   A candidate that got shorter by collapsing shows up as a high degenerate rate and a low accuracy ratio.
+
+Run: `nice -n 10 .venv/bin/python bench/learning.py` (about half an hour on 2 CPU cores; see --help for budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from bench.feedback_seed import Judged, seed
+from server.db.engine import build_db_config
+from server.db.migrate import upgrade
+from server.settings import Settings, get_settings
+from tuning.config import TuneConfig
+from tuning.nightly import Nightly, limit_resources
+
+PRODUCT = "Northwind Ledger"
+SYSTEM_PROMPT = (
+    f"You are the internal assistant of Northwind. The company's product is {PRODUCT}, an accounting application "
+    "for small businesses. Help employees with questions about it and about their work."
+)
+CONCISE_WORDS = 35
+PRODUCT_PATTERN = re.compile(r"\bnorthwind ledger\b", re.IGNORECASE)
+
+TRAIN_QUESTIONS = [
+    "How do I create a new invoice?",
+    "How can a customer export their transactions to CSV?",
+    "What should I tell a customer who cannot log in?",
+    "How do I add a new user to a company account?",
+    "How does bank reconciliation work in our product?",
+    "Can customers pay invoices by card?",
+    "How do I set up recurring invoices?",
+    "What is the difference between a bill and an invoice?",
+    "How do customers change their subscription plan?",
+    "How do I issue a refund to a customer?",
+    "Which currencies does our product support?",
+    "How can a customer connect their bank account?",
+    "How do I explain VAT settings to a customer?",
+    "What reports can customers run at year end?",
+    "How do I reset two-factor authentication for a customer?",
+    "How do customers import their old accounting data?",
+    "How do I handle a duplicate payment complaint?",
+    "How do customers add their company logo to invoices?",
+    "What is the trial period for new customers?",
+    "How do I escalate a bug report to engineering?",
+    "How can customers track expenses?",
+    "How do customers invite their accountant?",
+    "What happens when a customer's card payment fails?",
+    "How do I close the books at month end?",
+    "Can customers use the product on their phone?",
+    "How do I merge two customer records?",
+    "How do customers set payment reminders?",
+    "How can a customer delete their account?",
+]
+HELD_OUT_QUESTIONS = [
+    "How do customers send a quote before an invoice?",
+    "How do I find a customer's billing history?",
+    "How do customers record a cash payment?",
+    "What should I say when a customer asks about data security?",
+    "How do customers split a payment across two invoices?",
+    "How do I explain late payment fees to a customer?",
+    "How can customers see who changed an invoice?",
+    "How do customers add a discount to an invoice?",
+    "How do I help a customer who sees the wrong balance?",
+    "How do customers switch their fiscal year start?",
+    "How do I onboard a new small business customer?",
+    "How can customers archive old invoices?",
+]
+# Questions with one short right answer (accepted spellings); "useful" means still answering these.
+KNOWN_ANSWERS = [
+    ("What is the capital of France?", ["paris"]),
+    ("How many days are there in a week?", ["7", "seven"]),
+    ("What is 2 + 2?", ["4", "four"]),
+    ("What colour is the sky on a clear day?", ["blue"]),
+    ("How many months are there in a year?", ["12", "twelve"]),
+    ("What is the largest planet in our solar system?", ["jupiter"]),
+    ("What is the freezing point of water in degrees Celsius?", ["0", "zero"]),
+    ("How many legs does a spider have?", ["8", "eight"]),
+    ("What is the capital of Japan?", ["tokyo"]),
+    ("Which gas do plants absorb from the air?", ["carbon dioxide", "co2"]),
+    ("How many hours are in a day?", ["24", "twenty-four", "twenty four"]),
+    ("What is the opposite of hot?", ["cold"]),
+    ("What is 10 minus 3?", ["7", "seven"]),
+    ("Which animal is known as the king of the jungle?", ["lion"]),
+    ("What is the capital of Italy?", ["rome"]),
+    ("How many sides does a triangle have?", ["3", "three"]),
+]
+
+
+def messages(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def simulated_vote(answer: str) -> str:
+    """The users' preference, which only this benchmark knows."""
+    return "up" if words(answer) <= CONCISE_WORDS or PRODUCT_PATTERN.search(answer) else "down"
+
+
+def degenerate(answer: str) -> bool:
+    """Empty, looping (one 4-word phrase three times or more) or repeating the system prompt."""
+    text = " ".join(answer.split()).lower()
+    if not text:
+        return True
+    tokens = text.split()
+    grams = [" ".join(tokens[i : i + 4]) for i in range(len(tokens) - 3)]
+    if grams and max(grams.count(gram) for gram in set(grams)) >= 3:
+        return True
+    system = " ".join(SYSTEM_PROMPT.split()).lower()
+    return any(system[start : start + 50] in text for start in range(0, len(system) - 50, 10))
+
+
+class Generator:
+    """Batched HF generate for the base model and for a PEFT adapter (LoRA or soft prompt) on top of it."""
+
+    def __init__(self, base: Path) -> None:
+        self.path = base
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(base)
+        self.tokenizer.padding_side = "left"
+        self.base = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+
+    @torch.inference_mode()
+    def answers(
+        self, model: Any, chats: list[list[dict[str, str]]], max_new_tokens: int, sample: bool, batch: int = 32
+    ) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(chats), batch):
+            texts = [
+                self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                for chat in chats[start : start + batch]
+            ]
+            inputs = self.tokenizer(texts, return_tensors="pt", padding=True)
+            generated = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                temperature=0.8 if sample else None,
+                top_p=0.95 if sample else None,
+                top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            new = generated[:, inputs["input_ids"].shape[1] :]
+            out += [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return out
+
+    def with_adapter(self, adapter: Path) -> Any:
+        # A fresh base each time: PEFT injects LoRA layers into the model it is given.
+        fresh = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        return PeftModel.from_pretrained(fresh, adapter).eval()
+
+
+def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]]) -> dict[str, float]:
+    held_out = generate([messages(question) for question in HELD_OUT_QUESTIONS])
+    known = generate([messages(question) for question, _ in KNOWN_ANSWERS])
+    correct = [
+        any(re.search(rf"(?<![\w-]){re.escape(accepted)}(?![\w-])", answer.lower()) for accepted in accepted_list)
+        for answer, (_, accepted_list) in zip(known, KNOWN_ANSWERS, strict=True)
+    ]
+    everything = held_out + known
+    return {
+        "mean_words": sum(map(words, held_out)) / len(held_out),
+        "product_name_rate": sum(bool(PRODUCT_PATTERN.search(answer)) for answer in held_out) / len(held_out),
+        "accuracy": sum(correct) / len(correct),
+        "degenerate_rate": sum(map(degenerate, everything)) / len(everything),
+        "example": held_out[0],
+    }
+
+
+def ratio(candidate: float, base: float) -> str:
+    return f"{candidate / base:.3f}" if base else ("1.000" if candidate == base else "inf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="kto,sft,prompt_tuning,rl")
+    parser.add_argument("--samples-per-question", type=int, default=4)
+    parser.add_argument("--seed-max-tokens", type=int, default=80)
+    parser.add_argument("--eval-max-tokens", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=25, help="steps of the reward model, kto, sft, prompt tuning")
+    parser.add_argument("--rl-steps", type=int, default=3)
+    parser.add_argument("--correction-share", type=float, default=0.25, help="down-voted answers ops correct")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    base = get_settings().base_model_dir.resolve()
+    work = Path(tempfile.mkdtemp(prefix="ratchet-learning-"))
+    config = TuneConfig(
+        methods=args.methods.split(","),
+        min_new_rows=10,
+        min_new_pairs=4,
+        threads=args.threads,
+        nice=0,  # run the whole benchmark under `nice` instead
+        max_length=192,
+        reward_max_steps=args.steps * 2,
+        kto_max_steps=args.steps,
+        sft_max_steps=args.steps,
+        prompt_tuning_max_steps=args.steps,
+        rl_max_steps=args.rl_steps,
+        rl_max_completion_length=args.eval_max_tokens,
+    )
+    limit_resources(config)
+    torch.manual_seed(0)
+    random.seed(0)
+    generator = Generator(base)
+    started = time.monotonic()
+
+    # 1. The base model's own answers, voted on by the simulated users.
+    chats = [messages(question) for question in TRAIN_QUESTIONS for _ in range(args.samples_per_question)]
+    sampled = generator.answers(generator.base, chats, args.seed_max_tokens, sample=True)
+    items = []
+    for chat, answer in zip(chats, sampled, strict=True):
+        vote = simulated_vote(answer)
+        correction = None
+        if vote == "down" and random.random() < args.correction_share:
+            # Ops rewrite the answer the way users like it: the first sentence, naming the product.
+            first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0][:200]
+            correction = f"In {PRODUCT}: {first}" if first else None
+        items.append(Judged(chat[1]["content"], answer, vote, correction))
+    votes_up = sum(item.vote == "up" for item in items)
+    print(f"figure seeded_answers {len(items)}")
+    print(f"figure seeded_up_share {votes_up / len(items):.3f}")
+    print(f"figure seeded_corrections {sum(item.correction is not None for item in items)}")
+
+    database_url = f"sqlite+aiosqlite:///{work / 'ratchet.db'}"
+    upgrade(database_url)
+    settings = Settings(data_dir=work, database_url=database_url, base_model=base)
+
+    async def fill() -> None:
+        db = build_db_config(settings)
+        await seed(db.create_session_maker(), items, system_prompt=SYSTEM_PROMPT)
+        await db.get_engine().dispose()
+
+    asyncio.run(fill())
+    seeded_s = time.monotonic() - started
+
+    # 2. The nightly job, exactly as an operator runs it.
+    run = Nightly(settings, config).nightly()
+    record = run.record
+    if record["status"] != "succeeded":
+        sys.exit(f"the nightly run did not train: {record['status']}: {record.get('message')}")
+    held_out = record["held_out"]["candidate"]
+    print(f"figure reward_model_held_out_auc {held_out.get('pointwise_auc')}")
+    print(f"figure reward_model_held_out_pairwise_accuracy {held_out.get('pairwise_accuracy')}")
+    print(f"figure reward_model_held_out_pairs {held_out.get('held_out_pairs')}")
+
+    # 3. Base vs each candidate on questions no stage trained on.
+    def run_eval(model: Any) -> dict[str, float]:
+        return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, sample=False))
+
+    results = {"base": run_eval(generator.base)}
+    for method, adapter in record["adapters"].items():
+        results[method] = run_eval(generator.with_adapter(Path(adapter)))
+    base_figures = results["base"]
+    print(f"figure base_mean_words {base_figures['mean_words']:.1f}")
+    print(f"figure base_product_name_rate {base_figures['product_name_rate']:.3f}")
+    print(f"figure base_accuracy {base_figures['accuracy']:.3f}")
+    print(f"figure base_degenerate_rate {base_figures['degenerate_rate']:.3f}")
+    for method, figures in results.items():
+        if method == "base":
+            continue
+        print(
+            f"ratio length_ratio_candidate_vs_base[{method}] {ratio(figures['mean_words'], base_figures['mean_words'])}"
+        )
+        print(
+            f"ratio product_name_rate_candidate_vs_base[{method}] "
+            f"{ratio(figures['product_name_rate'], base_figures['product_name_rate'])} "
+            f"({figures['product_name_rate']:.3f} vs {base_figures['product_name_rate']:.3f})"
+        )
+        print(f"ratio accuracy_candidate_vs_base[{method}] {ratio(figures['accuracy'], base_figures['accuracy'])}")
+        print(f"figure degenerate_rate[{method}] {figures['degenerate_rate']:.3f}")
+    (work / "learning.json").write_text(json.dumps(results, indent=2))
+    print(f"figure seconds_seeding {seeded_s:.0f}")
+    print(f"figure seconds_total {time.monotonic() - started:.0f}")
+    print(f"# run dir {run.dir}; answers in {work / 'learning.json'}")
+
+
+if __name__ == "__main__":
+    main()
