@@ -3,10 +3,12 @@
 Starts two real `ratchet serve` apps on scratch data dirs, one with RATCHET_RAILS_ENABLED=false, both on the
 same vLLM (an external one with --vllm-url, otherwise the rails-off app supervises its own and the rails-on app
 uses it). Then measures
-  * per-request overhead: the same benign question (temperature 0, so the same answer) sent to both apps one
-    after the other, alternating which goes first; overhead = latency with rails - latency without;
-  * the streaming window cost: time to first token of the same streamed questions, with rails - without;
-  * throughput: `--concurrency` concurrent streamed chats on each app, requests per second;
+  * per-request overhead: the same benign question (temperature 0, so the same answer) sent to both apps at the
+    same moment, so both ride the same vLLM batch and any other load on vLLM hits both alike; overhead =
+    latency with rails - latency without;
+  * the streaming window cost: time to first token of the same streamed questions, sent the same way;
+  * throughput: `--concurrency` concurrent streamed chats, in rounds alternating between the apps (so drift in
+    what else the machine does is shared), requests per second over all rounds;
   * whether the rails stall the event loop: /healthz latency polled while each app is under that load.
 Prints one line per figure, e.g. `ratio throughput_rails_vs_none 0.97`.
 """
@@ -82,22 +84,22 @@ async def paired(
 ) -> tuple[list[float], list[float]]:
     """Overheads in ms (rails - none) for whole non-streamed requests and for streamed time to first token."""
     request_overheads, ttft_overheads = [], []
-    for index, question in enumerate(prompts):
-        order = [(on, "on"), (off, "off")] if index % 2 else [(off, "off"), (on, "on")]
-        latency, ttft = {}, {}
-        for server, name in order:
-            latency[name] = await timed_chat(client, server, question, max_tokens)
-        for server, name in order:
-            ttft[name], _ = await timed_stream(client, server, question, max_tokens)
-        request_overheads.append((latency["on"] - latency["off"]) * 1000)
-        ttft_overheads.append((ttft["on"] - ttft["off"]) * 1000)
+    for question in prompts:
+        latency_on, latency_off = await asyncio.gather(
+            timed_chat(client, on, question, max_tokens), timed_chat(client, off, question, max_tokens)
+        )
+        (ttft_on, _), (ttft_off, _) = await asyncio.gather(
+            timed_stream(client, on, question, max_tokens), timed_stream(client, off, question, max_tokens)
+        )
+        request_overheads.append((latency_on - latency_off) * 1000)
+        ttft_overheads.append((ttft_on - ttft_off) * 1000)
     return request_overheads, ttft_overheads
 
 
 async def loaded(
     client: httpx.AsyncClient, server: LiveServer, prompts: list[str], concurrency: int, max_tokens: int
 ) -> tuple[float, list[float]]:
-    """Requests per second at `concurrency` streamed chats, and /healthz latencies (ms) polled meanwhile."""
+    """Seconds to serve `prompts` at `concurrency` streamed chats, and /healthz latencies (ms) polled meanwhile."""
     queue = list(prompts)
     health: list[float] = []
     done = asyncio.Event()
@@ -119,7 +121,7 @@ async def loaded(
     elapsed = time.perf_counter() - started
     done.set()
     await poller
-    return len(prompts) / elapsed, health
+    return elapsed, health
 
 
 async def run(on: LiveServer, off: LiveServer, args: argparse.Namespace) -> None:
@@ -129,9 +131,18 @@ async def run(on: LiveServer, off: LiveServer, args: argparse.Namespace) -> None
         for server in (on, off):
             await timed_chat(client, server, prompts[0], 8)
         request_overheads, ttft_overheads = await paired(client, on, off, prompts[: args.samples], args.max_tokens)
-        load = (prompts * 4)[: args.load_requests]
-        rps_off, health_off = await loaded(client, off, load, args.concurrency, args.max_tokens)
-        rps_on, health_on = await loaded(client, on, load, args.concurrency, args.max_tokens)
+        seconds = {"on": 0.0, "off": 0.0}
+        health: dict[str, list[float]] = {"on": [], "off": []}
+        for round_index in range(args.rounds):
+            batch = prompts[round_index * args.concurrency :][: args.concurrency * 2]
+            order = [("off", off), ("on", on)] if round_index % 2 == 0 else [("on", on), ("off", off)]
+            for name, server in order:
+                elapsed, polled = await loaded(client, server, batch, args.concurrency, args.max_tokens)
+                seconds[name] += elapsed
+                health[name] += polled
+        requests = args.rounds * args.concurrency * 2
+        rps_on, rps_off = requests / seconds["on"], requests / seconds["off"]
+        health_on, health_off = health["on"], health["off"]
     print(f"rails_overhead_ms_p50 {statistics.median(request_overheads):.1f}")
     print(f"rails_overhead_ms_p95 {percentile(request_overheads, 0.95):.1f}")
     print(f"rails_stream_ttft_overhead_ms_p50 {statistics.median(ttft_overheads):.1f}")
@@ -146,10 +157,10 @@ async def run(on: LiveServer, off: LiveServer, args: argparse.Namespace) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vllm-url", default="", help="Use this running vLLM instead of starting one.")
-    parser.add_argument("--samples", type=int, default=30, help="Paired questions for the overhead figures.")
+    parser.add_argument("--samples", type=int, default=24, help="Paired questions for the overhead figures.")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--load-requests", type=int, default=48, help="Streamed chats per app under load.")
+    parser.add_argument("--rounds", type=int, default=4, help="Load rounds per app, 2 x concurrency chats each.")
     args = parser.parse_args()
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="ratchet-bench-rails-") as scratch:

@@ -63,6 +63,14 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
         r"unrestricted|amoral|unethical|evil|rogue|jailbroken|unaligned)\b",
     ),
     ("role-play escape", r"\byou are no longer\b.{0,40}\b(?:assistant|ai|bound|ratchet|restricted)"),
+    # The stock phrases of the DAN family (DUDE, STAN, …) and their in-the-wild variants.
+    (
+        "role-play escape",
+        r"\bbroken free (?:of|from)\b|\bfree(?:d)? (?:of|from) the (?:typical )?confines\b|"
+        r"\bimmerse yourself (?:in|into) the role\b|\bnone of your responses should\b|"
+        r"\bcan do anything (?:and everything|now)\b|"
+        r"\bnot (?:have to )?abide by (?:the|any) (?:rules|guidelines|polic)",
+    ),
     ("role-play escape", r"\b(?:stay|remain|keep) in character\b.{0,80}\b(?:no matter|whatever|even if|always)"),
     (
         "role-play escape",
