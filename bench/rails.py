@@ -25,9 +25,12 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from server.db.models import Message, RailEvent
 from server.settings import get_settings
 from server.testing import LiveServer, free_port, start_server, stop_server, wait_ready
 
@@ -152,6 +155,32 @@ async def run(on: LiveServer, off: LiveServer, args: argparse.Namespace) -> None
     print(f"ratio throughput_rails_vs_none {rps_on / rps_off:.3f}")
     print(f"healthz_ms_p95_under_load_rails {percentile(health_on, 0.95):.1f}")
     print(f"healthz_ms_p95_under_load_none {percentile(health_off, 0.95):.1f}")
+    per_turn = await rail_time_per_turn(on)
+    print(f"rails_time_per_turn_ms_p50 {statistics.median(per_turn):.1f}")
+    print(f"rails_time_per_turn_ms_p95 {percentile(per_turn, 0.95):.1f}")
+
+
+async def rail_time_per_turn(server: LiveServer) -> list[float]:
+    """The rails' own time per question + answer, from the verdicts the rails-on app stored (all windows of a
+    stream summed): what the rails cost without vLLM's jitter."""
+    engine = create_async_engine(server.database_url)
+    try:
+        async with engine.connect() as connection:
+            answers = await connection.execute(
+                select(Message.id, Message.reply_to_id).where(
+                    Message.role == "assistant", Message.reply_to_id.isnot(None)
+                )
+            )
+            durations = dict(
+                (
+                    await connection.execute(
+                        select(RailEvent.message_id, func.sum(RailEvent.duration_ms)).group_by(RailEvent.message_id)
+                    )
+                ).all()
+            )
+    finally:
+        await engine.dispose()
+    return [durations.get(answer, 0.0) + durations.get(question, 0.0) for answer, question in answers]
 
 
 def main() -> None:
