@@ -434,10 +434,12 @@ class ChatService:
             original is None
             or original.user_id != principal.user_id
             or original.role != "assistant"
-            or not original.prompt_messages
             or original.reply_to_id is None
         ):
             raise ConversationNotFoundError(f"No answer {message_id} to regenerate.")
+        if not original.prompt_messages:
+            # Only guardrail refusals have no stored context: the question itself was refused.
+            raise InvalidChatError("This answer is a guardrail refusal; its question cannot be asked again.")
         route = self._router.resolve(original.model_alias or original.model_version)
         if reason := self._engine_down_reason():
             raise EngineUnavailableError(reason)
