@@ -45,7 +45,7 @@ from server.db.engine import build_db_config
 from server.db.migrate import upgrade
 from server.settings import Settings, get_settings
 from tuning.config import TuneConfig
-from tuning.nightly import Nightly, limit_resources
+from tuning.nightly import Nightly, Run, limit_resources
 
 PRODUCT = "Northwind Ledger"
 SYSTEM_PROMPT = (
@@ -206,6 +206,40 @@ def ratio(candidate: float, base: float) -> str:
     return f"{candidate / base:.3f}" if base else ("1.000" if candidate == base else "inf")
 
 
+def seed_and_train(args: argparse.Namespace, generator: Generator, settings: Settings, config: TuneConfig) -> Run:
+    # 1. The base model's own answers, voted on by the simulated users.
+    chats = [messages(question) for question in TRAIN_QUESTIONS for _ in range(args.samples_per_question)]
+    sampled = generator.answers(generator.base, chats, args.seed_max_tokens, sample=True)
+    items = []
+    for chat, answer in zip(chats, sampled, strict=True):
+        vote = simulated_vote(answer)
+        correction = None
+        if vote == "down" and random.random() < args.correction_share:
+            # Ops rewrite the answer the way users like it: the first sentence, naming the product.
+            first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0][:200]
+            correction = f"In {PRODUCT}: {first}" if first else None
+        items.append(Judged(chat[1]["content"], answer, vote, correction))
+    votes_up = sum(item.vote == "up" for item in items)
+    print(f"figure seeded_answers {len(items)}")
+    print(f"figure seeded_up_share {votes_up / len(items):.3f}")
+    print(f"figure seeded_corrections {sum(item.correction is not None for item in items)}")
+
+    upgrade(settings.resolved_database_url)
+
+    async def fill() -> None:
+        db = build_db_config(settings)
+        await seed(db.create_session_maker(), items, system_prompt=SYSTEM_PROMPT)
+        await db.get_engine().dispose()
+
+    asyncio.run(fill())
+
+    # 2. The nightly job, exactly as an operator runs it.
+    started = time.monotonic()
+    run = Nightly(settings, config).nightly()
+    print(f"figure seconds_nightly {time.monotonic() - started:.0f}")
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="kto,sft,prompt_tuning,rl")
@@ -216,10 +250,15 @@ def main() -> None:
     parser.add_argument("--rl-steps", type=int, default=3)
     parser.add_argument("--correction-share", type=float, default=0.25, help="down-voted answers ops correct")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--continue-in",
+        type=Path,
+        help="the scratch dir of an earlier, interrupted benchmark: resume its nightly run and evaluate, no seeding",
+    )
     args = parser.parse_args()
 
     base = get_settings().base_model_dir.resolve()
-    work = Path(tempfile.mkdtemp(prefix="ratchet-learning-"))
+    work = args.continue_in or Path(tempfile.mkdtemp(prefix="ratchet-learning-"))
     config = TuneConfig(
         methods=args.methods.split(","),
         min_new_rows=10,
@@ -239,41 +278,16 @@ def main() -> None:
     random.seed(0)
     generator = Generator(base)
     started = time.monotonic()
-
-    # 1. The base model's own answers, voted on by the simulated users.
-    chats = [messages(question) for question in TRAIN_QUESTIONS for _ in range(args.samples_per_question)]
-    sampled = generator.answers(generator.base, chats, args.seed_max_tokens, sample=True)
-    items = []
-    for chat, answer in zip(chats, sampled, strict=True):
-        vote = simulated_vote(answer)
-        correction = None
-        if vote == "down" and random.random() < args.correction_share:
-            # Ops rewrite the answer the way users like it: the first sentence, naming the product.
-            first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0][:200]
-            correction = f"In {PRODUCT}: {first}" if first else None
-        items.append(Judged(chat[1]["content"], answer, vote, correction))
-    votes_up = sum(item.vote == "up" for item in items)
-    print(f"figure seeded_answers {len(items)}")
-    print(f"figure seeded_up_share {votes_up / len(items):.3f}")
-    print(f"figure seeded_corrections {sum(item.correction is not None for item in items)}")
-
     database_url = f"sqlite+aiosqlite:///{work / 'ratchet.db'}"
-    upgrade(database_url)
     settings = Settings(data_dir=work, database_url=database_url, base_model=base)
-
-    async def fill() -> None:
-        db = build_db_config(settings)
-        await seed(db.create_session_maker(), items, system_prompt=SYSTEM_PROMPT)
-        await db.get_engine().dispose()
-
-    asyncio.run(fill())
-    seeded_s = time.monotonic() - started
-
-    # 2. The nightly job, exactly as an operator runs it.
-    run = Nightly(settings, config).nightly()
+    if args.continue_in:
+        run = Nightly(settings, config).resume()
+    else:
+        run = seed_and_train(args, generator, settings, config)
     record = run.record
     if record["status"] != "succeeded":
         sys.exit(f"the nightly run did not train: {record['status']}: {record.get('message')}")
+
     held_out = record["held_out"]["candidate"]
     print(f"figure reward_model_held_out_auc {held_out.get('pointwise_auc')}")
     print(f"figure reward_model_held_out_pairwise_accuracy {held_out.get('pairwise_accuracy')}")
@@ -284,6 +298,8 @@ def main() -> None:
         return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, sample=False))
 
     results = {"base": run_eval(generator.base)}
+    for method, reason in record.get("skipped_methods", {}).items():
+        print(f"# {method} not trained: {reason}")
     for method, adapter in record["adapters"].items():
         results[method] = run_eval(generator.with_adapter(Path(adapter)))
     base_figures = results["base"]
@@ -305,7 +321,6 @@ def main() -> None:
         print(f"ratio accuracy_candidate_vs_base[{method}] {ratio(figures['accuracy'], base_figures['accuracy'])}")
         print(f"figure degenerate_rate[{method}] {figures['degenerate_rate']:.3f}")
     (work / "learning.json").write_text(json.dumps(results, indent=2))
-    print(f"figure seconds_seeding {seeded_s:.0f}")
     print(f"figure seconds_total {time.monotonic() - started:.0f}")
     print(f"# run dir {run.dir}; answers in {work / 'learning.json'}")
 

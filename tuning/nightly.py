@@ -248,10 +248,16 @@ class Nightly:
         return {**result, "log_history": finite(result["log_history"]), "held_out": held_out}
 
     def _policy(self, run: Run, method: str, train: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        from tuning.train import finite
+        from tuning.train import NotEnoughData, finite
 
         out = run.dir / method
-        result = train(out)
+        try:
+            result = train(out)
+        except NotEnoughData as reason:
+            # One thin source (say, no corrections yet) should not cost the other methods their night.
+            self.console.print(f"[yellow]{method}: skipped, {reason}[/]")
+            run.record.setdefault("skipped_methods", {})[method] = str(reason)
+            return {"log_history": [], "skipped": str(reason)}
         run.record["adapters"][method] = str(out / "adapter")
         self.records.save(run.run_id, adapters=run.record["adapters"])
         return {**result, "log_history": finite(result["log_history"]), "adapter": str(out / "adapter")}
@@ -313,7 +319,8 @@ class Nightly:
     def _summary(self, run: Run) -> str:
         candidate = run.record.get("held_out", {}).get("candidate", {})
         figures = ", ".join(f"{key} {value:.3f}" for key, value in candidate.items() if isinstance(value, float))
-        methods = ", ".join(self.config.methods) or "no policy"
+        skipped = run.record.get("skipped_methods", {})
+        methods = ", ".join(method for method in self.config.methods if method not in skipped) or "no policy"
         return f"trained reward model ({figures or 'no held-out rows'}) and {methods}"
 
     def _start(self) -> Run:

@@ -106,6 +106,8 @@ def write_report(run_dir: Path, record: dict[str, Any], histories: dict[str, lis
         _table({name: figures for name, figures in held_out.items()}),
         "<h2>Outputs</h2>",
         _table({"reward model": record.get("reward_model_path"), **record.get("adapters", {})}),
+        "<h3>Methods skipped for lack of data</h3>",
+        _table(record.get("skipped_methods", {})),
         "<h2>Stages</h2>",
         _table({stage: f"{seconds:.1f} s" for stage, seconds in record.get("durations_s", {}).items()}),
         *charts,

@@ -20,6 +20,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from tuning.config import TuneConfig
 
 Row = dict[str, Any]
+
+
+class NotEnoughData(ValueError):
+    """This method has nothing to learn from in this snapshot; the run goes on without its adapter."""
+
+
 POLICY_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -215,7 +221,7 @@ def _kto(base: Path, rows: list[Row], peft_config: Any, config: TuneConfig, out:
     desirable = sum(1 for row in rows if row["label"])
     undesirable = len(rows) - desirable
     if not desirable or not undesirable:
-        raise ValueError(f"KTO needs both up- and down-voted answers (got {desirable} up, {undesirable} down)")
+        raise NotEnoughData(f"KTO needs both up- and down-voted answers (got {desirable} up, {undesirable} down)")
     # Weighted so both classes count alike: mostly-negative thumbs otherwise push the model into collapse.
     trainer = KTOTrainer(
         model=str(base),
@@ -279,7 +285,7 @@ def train_sft(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dic
     from trl import SFTConfig, SFTTrainer
 
     if not rows:
-        raise ValueError("sft has no rows: no corrections or approved answers, and no business data folder")
+        raise NotEnoughData("no corrections or approved answers in the training split, and no business data")
     tokenizer = load_tokenizer(base)
     trainer = SFTTrainer(
         model=str(base),
