@@ -184,8 +184,11 @@ class Nightly:
                 raise
             seconds = round(time.monotonic() - started, 2)
             run.record["durations_s"][stage] = seconds
-            run.marker(stage).parent.mkdir(exist_ok=True)
-            run.marker(stage).write_text(json.dumps({**result, "seconds": seconds}, default=str))
+            marker = run.marker(stage)
+            marker.parent.mkdir(exist_ok=True)
+            # Written aside and renamed: a kill mid-write must not leave a marker that claims a finished stage.
+            marker.with_suffix(".partial").write_text(json.dumps({**result, "seconds": seconds}, default=str))
+            marker.with_suffix(".partial").replace(marker)
             run.record["stage"] = stage
             run.save()
             self.records.save(run.run_id, stage=stage, durations_s=run.record["durations_s"])
