@@ -170,6 +170,7 @@ def only_run(settings: Settings) -> Path:
     return run_dir
 
 
+@pytest.mark.trl  # minutes of real training: `-m 'not trl'` leaves it out of quick runs
 def test_nightly_trains_every_method_resumes_after_a_kill_and_then_skips(
     store: tuple[Settings, dict[str, str]],
 ) -> None:
