@@ -235,6 +235,18 @@ class ChatService:
         except EngineUnavailableError as error:
             await self._finish(turn, _Outcome("", MessageStatus.FAILED, error=str(error)))
             raise
+        outcome = await self._checked_outcome(turn, body)
+        choice = body["choices"][0]
+        choice["message"]["content"] = outcome.content
+        choice["finish_reason"] = outcome.finish_reason
+        await self._finish(turn, outcome)
+        body["model"] = turn.route.version
+        body["ratchet"] = msgspec.to_builtins(turn.metadata)
+        body["ratchet"]["rails"] += [verdict.to_dict() for verdict in outcome.rail_verdicts]
+        return body
+
+    async def _checked_outcome(self, turn: Turn, body: dict[str, Any]) -> _Outcome:
+        """The outcome of a non-streamed answer from vLLM, after the output rails (redacted or blocked)."""
         choice = body["choices"][0]
         usage = body.get("usage") or {}
         outcome = _Outcome(
@@ -249,13 +261,7 @@ class ChatService:
             outcome.content, outcome.rail_verdicts = checked.text, checked.verdicts
             if checked.blocked:
                 outcome.status, outcome.finish_reason = MessageStatus.BLOCKED, "content_filter"
-            choice["message"]["content"] = outcome.content
-            choice["finish_reason"] = outcome.finish_reason
-        await self._finish(turn, outcome)
-        body["model"] = turn.route.version
-        body["ratchet"] = msgspec.to_builtins(turn.metadata)
-        body["ratchet"]["rails"] += [verdict.to_dict() for verdict in outcome.rail_verdicts]
-        return body
+        return outcome
 
     async def open_stream(self, turn: Turn) -> AsyncIterator[bytes]:
         """Start generating; errors before the first byte surface as exceptions (so as 4xx/5xx responses)."""
@@ -489,22 +495,8 @@ class ChatService:
         except EngineUnavailableError as error:
             await self._finish(turn, _Outcome("", MessageStatus.FAILED, error=str(error)))
             raise
-        choice = body["choices"][0]
-        usage = body.get("usage") or {}
-        outcome = _Outcome(
-            content=choice["message"].get("content") or "",
-            status=MessageStatus.COMPLETE,
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-        )
-        if turn.rails is not None:
-            # A regenerated answer passes the same output rails as the first one did.
-            checked = await turn.rails.check_output(payload["messages"], outcome.content)
-            outcome.content, outcome.rail_verdicts = checked.text, checked.verdicts
-            if checked.blocked:
-                outcome.status, outcome.finish_reason = MessageStatus.BLOCKED, "content_filter"
-        await self._finish(turn, outcome)
+        # A regenerated answer passes the same output rails as the first one did.
+        await self._finish(turn, await self._checked_outcome(turn, body))
         async with self._sessions() as session:
             sibling = await session.get(Message, sibling_id)
         if sibling is None:  # the user deleted their data while it was generating
