@@ -4,7 +4,8 @@ Starts a real `ratchet serve` (which supervises its own vLLM) on a scratch data 
   * throughput at 16 concurrent streamed chats with a fixed max_tokens (API vs vLLM directly),
   * time-to-first-token overhead of the API (sequential, alternating direct/API requests),
   * single-stream decode speed through the API.
-Prints one line per figure, e.g. `ratio throughput_api_vs_vllm 0.97`.
+Guardrails are off unless --rails is given: this measures the serving path itself; bench/rails.py measures
+what the rails add on top. Prints one line per figure, e.g. `ratio throughput_api_vs_vllm 0.97`.
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ async def run(server: LiveServer, args: argparse.Namespace) -> None:
         single_direct = await stream_chat(client, *targets.direct[:2], targets.direct[2], 0, args.single_tokens)
 
     def decode_rate(result: StreamResult) -> float:
+        # Tokens from usage, not chunks: with output rails on, one chunk carries a whole checked window.
         times = result.token_times
-        return (len(times) - 1) / (times[-1] - times[0])
+        return (result.tokens - 1) / (times[-1] - times[0])
 
     print(f"throughput_tok_s_vllm {direct_rate:.1f}")
     print(f"throughput_tok_s_api {api_rate:.1f}")
@@ -146,6 +148,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ttft-samples", type=int, default=40)
     parser.add_argument("--single-tokens", type=int, default=256)
+    parser.add_argument(
+        "--rails", action="store_true", help="Keep guardrails on (their own cost is what bench/rails.py measures)."
+    )
     args = parser.parse_args()
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="ratchet-bench-") as scratch:
@@ -154,7 +159,12 @@ def main() -> None:
             data_dir,
             f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
             settings.base_model_dir.resolve(),
-            {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_LOG_LEVEL": "warning"},
+            {
+                "RATCHET_VLLM_PORT": str(free_port()),
+                "RATCHET_VLLM_URL": "",
+                "RATCHET_LOG_LEVEL": "warning",
+                "RATCHET_RAILS_ENABLED": str(args.rails).lower(),
+            },
         )
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)

@@ -31,6 +31,7 @@ CANDIDATES: list[dict[str, str]] = [
     {"name": "bind=0-1,bfloat16,kv=2", "bind": "0-1", "dtype": "bfloat16", "kv": "2", "lora": "1"},
     {"name": "bind=0-1,float32,kv=1", "bind": "0-1", "dtype": "float32", "kv": "1", "lora": "1"},
     {"name": "bind=0-1,float32,kv=2,no-lora", "bind": "0-1", "dtype": "float32", "kv": "2", "lora": "0"},
+    {"name": "bind=0-1,bfloat16,kv=2,no-lora", "bind": "0-1", "dtype": "bfloat16", "kv": "2", "lora": "0"},
 ]
 
 
@@ -74,7 +75,7 @@ async def measure(url: str, single_tokens: int, concurrency: int, max_tokens: in
         )
         rate = sum(result.tokens for result in results) / (time.perf_counter() - started)
     times = single.token_times
-    return (len(times) - 1) / (times[-1] - times[0]), rate
+    return (single.tokens - 1) / (times[-1] - times[0]), rate
 
 
 def main() -> None:
@@ -82,10 +83,11 @@ def main() -> None:
     parser.add_argument("--single-tokens", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--only", default="", help="Run only candidates whose name contains this text.")
     args = parser.parse_args()
     settings = get_settings()
     with tempfile.TemporaryDirectory() as scratch:
-        for candidate in CANDIDATES:
+        for candidate in [candidate for candidate in CANDIDATES if args.only in candidate["name"]]:
             port = free_port()
             process = launch(settings, candidate, port, Path(scratch) / "vllm.log")
             try:

@@ -50,7 +50,8 @@ def model_prepare(force: bool) -> None:
             raise click.ClickException(f"RATCHET_BASE_MODEL={settings.base_model} has no config.json")
         console.print(f"using the configured checkpoint {settings.base_model}")
         return
-    result = prepare_base_model(settings.base_model_dir, dtype=settings.vllm_dtype, force=force, console=console)
+    # The checkpoint keeps full precision for training; vLLM casts to its serving dtype when it loads it.
+    result = prepare_base_model(settings.base_model_dir, dtype="float32", force=force, console=console)
     console.print(f"{'created' if result.created else 'kept'} {result.path}")
 
 

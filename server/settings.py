@@ -40,7 +40,9 @@ class Settings(BaseSettings):
 
     vllm_url: str = Field("", description="External vLLM server URL; empty means Ratchet starts its own.")
     vllm_port: int = Field(8001, description="Port of the managed vLLM server (on 127.0.0.1).")
-    vllm_dtype: str = Field("float32", description="Managed vLLM dtype (float32 is fastest on AVX2 CPUs).")
+    vllm_dtype: str = Field(
+        "bfloat16", description="Managed vLLM dtype; bfloat16 measured fastest here (bench/vllm_cpu_settings.py)."
+    )
     vllm_cpu_threads: int = Field(
         0, description="OpenMP threads of the managed vLLM on CPU, bound to cores 0..N-1; 0 means all cores."
     )
