@@ -34,7 +34,9 @@ class Embedder:
         with self._lock:
             missing = list(dict.fromkeys(text for text in texts if text not in self._recent))
             if missing:
-                vectors = self._model.encode(missing, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+                vectors = self._model.encode(
+                    missing, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                )
                 for text, vector in zip(missing, vectors, strict=True):
                     self._recent[text] = np.asarray(vector, dtype=np.float32)
             rows = [self._recent[text] for text in texts]
