@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -49,11 +50,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         upgrade(url)
         yield url
         return
+    with scratch_postgres_database("ratchet_test") as url:
+        upgrade(url)
+        yield url
+
+
+@contextmanager
+def scratch_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped afterwards); skips, or fails in CI, when PostgreSQL is down."""
     if not _postgres_reachable():
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_DSN}, and CI must test on it")
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_DSN}")
-    name = f"ratchet_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
 
     async def admin(sql: str) -> None:
         connection = await asyncpg.connect(POSTGRES_DSN)
@@ -64,10 +73,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     base = POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
-    upgrade(url)
-    yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

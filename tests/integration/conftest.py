@@ -3,13 +3,12 @@ serves the prepared SmolLM2, on SQLite; plus a second app on PostgreSQL using th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from server.testing import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
-from tests.conftest import PREPARED_MODEL
+from tests.conftest import PREPARED_MODEL, scratch_postgres_database
 
 READY_TIMEOUT_S = 900
 
@@ -38,37 +37,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 @pytest.fixture(scope="session")
 def live_server_pg(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A second app on PostgreSQL, pointed at the first one's vLLM as an external server."""
-    from tests.conftest import POSTGRES_DSN, _postgres_reachable
-
-    if not _postgres_reachable():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_DSN}, and CI must test on it")
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_DSN}")
-    import asyncio
-    import uuid
-
-    import asyncpg
-
-    name = f"ratchet_live_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(POSTGRES_DSN)
+    with scratch_postgres_database("ratchet_live") as url:
+        server = start_server(
+            tmp_path_factory.mktemp("live-pg"), url, PREPARED_MODEL, {"RATCHET_VLLM_URL": live_server.vllm_url}
+        )
         try:
-            await connection.execute(sql)
+            wait_ready(server, 120)
+            yield server
         finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    server = start_server(
-        tmp_path_factory.mktemp("live-pg"), f"{base}/{name}", PREPARED_MODEL, {"RATCHET_VLLM_URL": live_server.vllm_url}
-    )
-    try:
-        wait_ready(server, 120)
-        yield server
-    finally:
-        stop_server(server)
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            stop_server(server)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
