@@ -10,6 +10,7 @@ from `config` on first use.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,19 @@ def _outcome(check: Check, target: TransformTarget | None = None) -> RailOutcome
     return RailOutcome.block(reason=check.reason, metadata=metadata)
 
 
+async def _embedding_check(
+    check: Callable[[str, Policy, Embedder], Check],
+    text: str | None,
+    config: RailsConfig | None,
+    ratchet_policy: Policy | None,
+    ratchet_embedder: Embedder | None,
+) -> RailOutcome:
+    policy = _policy(ratchet_policy, config)
+    embedder = ratchet_embedder if ratchet_policy is not None else shared_embedder()
+    # The embedding forward pass takes milliseconds of CPU: run it on a worker thread, not the event loop.
+    return _outcome(await asyncio.to_thread(check, text or "", policy, embedder))
+
+
 @action(is_system_action=True)
 async def ratchet_check_jailbreak(
     text: str | None = None,
@@ -60,10 +74,7 @@ async def ratchet_check_jailbreak(
     ratchet_embedder: Embedder | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
-    policy = _policy(ratchet_policy, config)
-    embedder = ratchet_embedder if ratchet_policy is not None else shared_embedder()
-    # The embedding forward pass takes milliseconds of CPU: run it on a worker thread, not the event loop.
-    return _outcome(await asyncio.to_thread(check_jailbreak, text or "", policy, embedder))
+    return await _embedding_check(check_jailbreak, text, config, ratchet_policy, ratchet_embedder)
 
 
 @action(is_system_action=True)
@@ -74,9 +85,7 @@ async def ratchet_check_topics(
     ratchet_embedder: Embedder | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
-    policy = _policy(ratchet_policy, config)
-    embedder = ratchet_embedder if ratchet_policy is not None else shared_embedder()
-    return _outcome(await asyncio.to_thread(check_topics, text or "", policy, embedder))
+    return await _embedding_check(check_topics, text, config, ratchet_policy, ratchet_embedder)
 
 
 @action(is_system_action=True)

@@ -15,8 +15,8 @@ from tests.unit.rails_fixtures import REPO_RAILS, copy_rails, set_knob
 
 # Turns the topic rail's action into one that raises on every message.
 RAISING_TOPICS = (
-    "    return _outcome(await asyncio.to_thread(check_topics",
-    "    raise RuntimeError('bug')\n    return _outcome(",
+    "    return await _embedding_check(check_topics",
+    "    raise RuntimeError('bug')\n    return await _embedding_check(check_topics",
 )
 SYSTEM = "You are Ratchet, the company's internal assistant. Answer employees' questions helpfully and concisely."
 
