@@ -131,19 +131,21 @@ def serve(host: str | None, port: int | None) -> None:
 def _announce_when_ready(settings: Settings, host: str, port: int) -> None:
     url = f"http://{host}:{port}"
     started = time.monotonic()
-    while time.monotonic() - started < settings.vllm_start_timeout_s + 60:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                console.print(
-                    f"\n[bold green]Ratchet is ready[/] at {url} (API docs {url}/schema)\n"
-                    f"  model alias [bold]{settings.default_model_alias}[/] → {settings.base_model_name} "
-                    f"served by vLLM at {settings.engine_url}\n"
-                    f"  admin token: in {settings.data_dir / 'admin.token'} (printed above by `make run`)\n"
-                )
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    # One client for all polls: `httpx.get` builds a new client, and its TLS context, every time.
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() - started < settings.vllm_start_timeout_s + 60:
+            try:
+                if client.get(f"{url}/readyz").status_code == 200:
+                    console.print(
+                        f"\n[bold green]Ratchet is ready[/] at {url} (API docs {url}/schema)\n"
+                        f"  model alias [bold]{settings.default_model_alias}[/] → {settings.base_model_name} "
+                        f"served by vLLM at {settings.engine_url}\n"
+                        f"  admin token: in {settings.data_dir / 'admin.token'} (printed above by `make run`)\n"
+                    )
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
     console.print(f"[bold red]Ratchet did not become ready[/]; see {settings.data_dir / 'logs'}")
 
 

@@ -23,6 +23,12 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("var"), description="Where the database, models and adapters live.")
     database_url: str = Field("", description="SQLAlchemy async URL; empty means a SQLite file in the data dir.")
+    db_pool_size: int = Field(
+        32, description="PostgreSQL connections the API keeps open; size it to the concurrent requests expected."
+    )
+    db_max_overflow: int = Field(
+        8, description="Extra PostgreSQL connections opened in a burst beyond the pool, closed when returned."
+    )
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, description="Port the API listens on.")
     log_level: str = Field("info", description="Log level of the app (debug, info, warning, error).")
