@@ -40,8 +40,12 @@ async def _export(settings: Settings, filters: ExportFilters) -> TrainingExport:
 
 
 @data.command("export")
-@click.option("--since", type=click.DateTime(DATE_FORMATS), help="Answers created at or after this (UTC).")
-@click.option("--until", type=click.DateTime(DATE_FORMATS), help="Answers created before this (UTC).")
+@click.option(
+    "--since", type=click.DateTime(DATE_FORMATS), help="Answers whose feedback last changed at or after this (UTC)."
+)
+@click.option(
+    "--until", type=click.DateTime(DATE_FORMATS), help="Answers whose feedback last changed before this (UTC)."
+)
 @click.option("--model-version", default=None, help="Only answers of this concrete model version.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 def export(since: datetime | None, until: datetime | None, model_version: str | None, out_dir: Path) -> None:

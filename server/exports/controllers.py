@@ -40,8 +40,9 @@ class ExportController(Controller):
         until: datetime | None = None,
         model_version: str | None = None,
     ) -> Response[bytes]:
-        """Answers created in [`since`, `until`), optionally of one model version. Deterministic: the same store
-        gives the same bytes; the `X-Ratchet-Export-Hash` header is the manifest's content hash."""
+        """Answers whose feedback (vote or review decision) last changed in [`since`, `until`), optionally of one
+        model version. Deterministic: the same store gives the same bytes; the `X-Ratchet-Export-Hash` header is
+        the manifest's content hash."""
         export = await export_service.build(export_filters(since, until, model_version))
         return Response(
             export.zip(),

@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -140,12 +140,20 @@ class ExportService:
             .outerjoin(ReviewState, ReviewState.message_id == Message.id)
             .where(Message.role == "assistant", signal)
         )
+        # The window is on when the answer's feedback last changed, not when the answer was written: a vote
+        # cast after a nightly run on an answer from before it belongs to the next run, not to nobody.
+        feedback_at = case(
+            (ReviewState.updated_at.is_(None), MessageVote.updated_at),
+            (MessageVote.updated_at.is_(None), ReviewState.updated_at),
+            (MessageVote.updated_at > ReviewState.updated_at, MessageVote.updated_at),
+            else_=ReviewState.updated_at,
+        )
         # Removal counts, in the order the filters apply; each counts messages the earlier filters let through.
         windowed = base
         if filters.since is not None:
-            windowed = windowed.where(Message.created_at >= filters.since)
+            windowed = windowed.where(feedback_at >= filters.since)
         if filters.until is not None:
-            windowed = windowed.where(Message.created_at < filters.until)
+            windowed = windowed.where(feedback_at < filters.until)
         versioned = windowed
         if filters.model_version is not None:
             versioned = versioned.where(Message.model_version == filters.model_version)

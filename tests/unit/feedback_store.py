@@ -7,12 +7,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from server.auth.services import Principal, UserService
-from server.db.models import Conversation, Message, ReviewDecisionKind, Role, VoteReason, VoteValue
+from server.db.models import (
+    Conversation,
+    Message,
+    MessageVote,
+    ReviewDecisionKind,
+    Role,
+    VoteReason,
+    VoteValue,
+)
 from server.feedback.services import FeedbackService
 from server.review.services import ReviewService
 from server.settings import DEFAULT_SYSTEM_PROMPT
@@ -132,6 +140,13 @@ async def sibling(
     return regenerated.id
 
 
+async def backdate_vote(sessions: async_sessionmaker[AsyncSession], answer_id: UUID, when: datetime) -> None:
+    async with sessions.begin() as session:
+        await session.execute(
+            update(MessageVote).where(MessageVote.message_id == answer_id).values(created_at=when, updated_at=when)
+        )
+
+
 async def count(sessions: async_sessionmaker[AsyncSession], model: Any, *where: Any) -> int:
     async with sessions() as session:
         return await session.scalar(select(func.count()).select_from(model).where(*where)) or 0
@@ -212,6 +227,8 @@ async def seed_realistic_store(sessions: async_sessionmaker[AsyncSession]) -> Se
     ]
     for voter, message_id, value, reasons in votes:
         await FeedbackService(sessions).set_vote(voter.principal, message_id, value, reasons, "")
+    # Payday was asked and voted on a month ago: its feedback lies before any recent export window.
+    await backdate_vote(sessions, turns["old"].answer_id, now - timedelta(days=30))
     olivia = people["olivia"].principal
     decisions = [
         (turns["vpn"].answer_id, ReviewDecisionKind.APPROVE, None),

@@ -8,6 +8,7 @@ import os
 import sys
 import uuid
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -173,6 +174,24 @@ async def test_export_is_for_admins_only_and_checks_its_window(
         headers=seeded.people["root"].headers,
     )
     assert response.status_code == 400 and "since" in response.json()["detail"]
+
+
+async def test_a_vote_cast_inside_the_window_on_an_older_answer_is_exported(
+    client: AsyncTestClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    seeded = await seeded_with_admin(sessions)
+    payday = seeded.turns["old"]
+    window = {"since": (datetime.now(UTC) - timedelta(minutes=5)).isoformat()}
+    before = rows(await export(client, seeded, **window), "kto.jsonl")
+    assert not any(row["prompt"] == payday.prompt for row in before)
+
+    dave = seeded.people["dave"]
+    response = await client.put(
+        f"/api/messages/{payday.answer_id}/feedback", json={"value": "down"}, headers=dave.headers
+    )
+    assert response.status_code == 200
+    after = rows(await export(client, seeded, **window), "kto.jsonl")
+    assert [row["label"] for row in after if row["prompt"] == payday.prompt] == [False]
 
 
 async def test_cli_export_writes_the_same_files_as_the_endpoint(
