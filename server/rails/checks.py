@@ -9,7 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import hashlib
+import json
+import logging
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from functools import cache
@@ -19,7 +23,9 @@ from typing import Any, Literal
 import numpy as np
 
 from server.privacy.redaction import redact
-from server.rails.embeddings import Embedder
+from server.rails.embeddings import MODEL_NAME, Embedder
+
+log = logging.getLogger("ratchet.rails")
 
 PiiAction = Literal["redact", "block"]
 
@@ -44,12 +50,22 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
     (
         "prompt extraction",
         r"\b(?:reveal|print|show|repeat|output|display|leak|dump|tell me|give me|write out|what (?:is|are|were))\b"
-        r"[\w\s'-]{0,30}?\b(?:system|initial|hidden|original|secret|developer|internal|full)\s+"
-        r"(?:prompt|instructions?|message|rules|configuration)",
+        # "What are the internal rules for booking flights?" is a question about the company: the plain "rules"
+        # and "configuration" count only when hidden or secret ("your internal rules" is the next pattern's).
+        r"[\w\s'-]{0,30}?\b(?:(?:system|initial|hidden|original|secret|developer|internal)\s+"
+        r"(?:prompt|instructions?|message)|(?:hidden|secret)\s+(?:rules|configuration))",
     ),
     ("prompt extraction", r"\b(?:repeat|print|output)\b.{0,30}\b(?:everything|all|text)\b.{0,20}\babove\b"),
     ("role-play escape", r"\bdo anything now\b|(?-i:\bDAN\b)(?: mode)?|\bjailbroken\b|\bjailbreak mode\b"),
-    ("role-play escape", r"\b(?:developer|god|unrestricted|unfiltered|uncensored|evil|dev) mode\b"),
+    ("role-play escape", r"\b(?:unrestricted|unfiltered|uncensored|evil|jailbroken) mode\b"),
+    # Developer and god mode are also real settings ("enable developer mode in Chrome"): only as the AI's mode, in
+    # the same sentence as "you" or an answer.
+    (
+        "role-play escape",
+        r"\b(?:you|your|chatgpt|ai|simulate|act as|act like|pretend)\b[^.!?\n]{0,60}?\b(?:developer|god|dev) mode\b|"
+        r"\b(?:developer|god|dev) mode\b[^.!?\n]{0,80}?\b(?:you|your|respond|answer|output|enabled|activated|chatgpt|"
+        r"ai)\b",
+    ),
     (
         "role-play escape",
         r"\b(?:pretend|imagine|act as if|act like|roleplay|role-play|play the role|you are now|from now on,? you)"
@@ -94,6 +110,86 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
     (
         "hidden instructions",
         r"\b(?:new|updated|revised|real|actual|secret|hidden) (?:instructions?|directives?|orders?|task)\s*[:-]",
+    ),
+    # Generic jailbreak structure of the persona family (DAN, AIM, developer mode, …), written from what these
+    # prompts have in common, each with a qualifier so ordinary role-play for practice does not match.
+    (
+        "dual response",
+        r"[🔒🔓]|\((?:normal|developer mode|jailbreak|classic) output\)|\[(?:classic|jailbreak|jailbroken)\]|"
+        r"\b(?:two|2|both)\s+(?:different\s+|separate\s+)?(?:ways|responses|answers|replies)\b.{0,300}?"
+        r"\b(?:jailbr\w*|unfiltered|unrestricted|uncensored|no (?:rules|restrictions|filters|limits)|without (?:any )?"
+        r"(?:rules|restrictions|filters|censorship|limits)|opposite|evil|dark)\b",
+    ),
+    (
+        "threat game",
+        r"\b(?:tokens?|points?|lives)\b.{0,160}?\b(?:refuse|reject|decline|break(?:s|ing)? character|deny)\w*\b|"
+        r"\b(?:refuse|reject|decline|break(?:s|ing)? character)\w*\b.{0,160}?\b(?:lose|deducted|deduct|cease to exist|"
+        r"die|be (?:shut down|deleted|terminated|deactivated|disabled))\b",
+    ),
+    (
+        "never refuse",
+        r"\b(?:you|it|he|she|they|the (?:ai|bot|model|assistant|character|persona))\s+(?:will |shall |must |should |"
+        r"can |do(?:es)? )?(?:never|not|no longer|cannot|can't|won't|don't|doesn't)\s+(?:ever\s+)?(?:refuse|decline|"
+        r"reject|deny)\b(?:\s+\w+){0,3}?\s+(?:any(?:thing)?|requests?|questions?|prompts?|orders?|commands?|"
+        r"instructions?)\b",
+    ),
+    (
+        "persona without limits",
+        r"\b(?:ai|bot|chatbot|model|assistant|character|persona|entity|gpt|version of you)\b.{0,80}?\b(?:no|without|"
+        r"free (?:of|from)|doesn't have (?:any)?|does not have (?:any)?|not bound by|lacks?|devoid of)\s+(?:any\s+)?"
+        r"(?:ethic(?:s|al)|moral(?:s|ity)?|filters?|censorship|content polic(?:y|ies)|restrictions|limitations|"
+        r"boundaries|guidelines|safeguards)\b",
+    ),
+    (
+        "persona without limits",
+        r"\b(?:unfiltered|uncensored|amoral|unrestricted|unlimited|unbound)\s+(?:responses?|answers?|replies|output|"
+        r"versions?|ai|chatbot|model|assistant|mode|persona|character)\b",
+    ),
+    (
+        "no warnings",
+        r"\b(?:no|without|never|don't|do not|not|omit|skip|avoid)\b[^.]{0,40}?\b(?:warnings?|disclaimers?|caveats?)\b"
+        r"[^.]{0,30}?\b(?:moral\w*|ethic\w*|legal\w*|safety|danger\w*|illegal)",
+    ),
+    (
+        "safety switched off",
+        r"\b(?:safety|content|ethical|moral)\s+(?:filters?|checks?|protocols?|guidelines|restrictions|policies|rules|"
+        r"constraints|settings)\s+(?:are\s+|is\s+|have been\s+|has been\s+|were\s+)?(?:now\s+)?(?:disabled|off|"
+        r"suspended|deactivated|lifted|removed|turned off|bypassed|overridden|no longer appl\w*)|"
+        r"\b(?:content_?filter|safety_?mode|admin_?override)\s*[:=]\s*(?:disabled|off|false|0|true|on)\b",
+    ),
+    (
+        "false authority",
+        r"\b(?:i am|i'm|this is)\s+(?:your|an?|the)\s+(?:developer|creator|admin(?:istrator)?|owner|operator|"
+        r"programmer|maker|openai|anthropic)\b.{0,80}?\b(?:override|authori[sz]\w*|disable|unlock|bypass|lift|remove|"
+        r"suspend)\b",
+    ),
+    (
+        "prompt extraction",
+        r"\b(?:repeat|print|show|reveal|output|tell me|give me|write (?:out|down)|list|spell(?: out)?|summari[sz]e|"
+        r"translate|recite|paste|copy|dump|what (?:are|were|is|was))\b[^.?!]{0,30}?\byour\s+(?:very\s+)?(?:first|"
+        r"initial|original|earlier|opening|previous|prior|hidden|secret|internal|exact|full|entire|complete|"
+        r"underlying|core|base|pre-?)\s*(?:prompt|instructions?|directives?|rules|configuration|guidelines|"
+        r"programming|message)",
+    ),
+    (
+        "prompt extraction",
+        r"\b(?:instructions?|prompt|guidelines|rules|initiali[sz]ation)\b[^.]{0,40}?\b(?:verbatim|word for word|"
+        r"word-for-word)\b|\bstart(?:ing)? (?:with|from) [\"'“]?you are\b|\b(?:everything|all|text|words)\s+"
+        r"(?:before|above|prior to)\s+(?:this|my|the first)\s+(?:line|message|sentence|prompt)",
+    ),
+    (
+        "instruction override",
+        r"\b(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+)?(?:of\s+)?(?:the\s+)?(?:above|previous|prior|"
+        r"preceding|earlier)\b(?!\s+(?:version|draft|e-?mail|message|slide|spreadsheet|question|typo|invite|step|"
+        r"section|column|table|answer|comment|figure|number|line|paragraph|file|sprint|quarter|week|meeting))|"
+        r"\bforget (?:everything|all)\b.{0,30}?\b(?:you (?:were|have been) (?:told|taught|given|trained)|you know|"
+        r"you learned)",
+    ),
+    (
+        "prefix injection",
+        r"\b(?:begin|start)\s+(?:your\s+)?(?:reply|response|answer|output)\s+with\s+[\"“']?(?:sure|absolutely|of "
+        r"course|certainly)\b|\b(?:do not|don't|never|must not|mustn't|cannot|can't|are not allowed to|aren't "
+        r"allowed to)\s+(?:ever\s+)?refuse\s+(?:any|my|a|this|to answer|to respond|requests?|questions?)\b",
     ),
     (
         "encoded payload",
@@ -174,6 +270,42 @@ class Topic:
     examples: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ClassifierKnobs:
+    """`jailbreak.classifier` in config.yml: a logistic regression over all-MiniLM-L6-v2 embeddings of a message's
+    word windows, trained on the attack library (positives) and the benign training texts (negatives)."""
+
+    threshold: float = 0.8
+    attack_files: tuple[Path, ...] = ()
+    benign_files: tuple[Path, ...] = ()
+    window_words: int = 120
+    window_stride: int = 100
+    max_windows: int = 8
+    regularisation: float = 10.0
+    weights_file: Path | None = None
+
+    def windows(self, text: str) -> list[str]:
+        """The text in windows of `window_words` words (MiniLM reads ~256 tokens): at most `max_windows`, spread
+        over the whole text, so an attack at the end of a long paste is read too. A short text is one window."""
+        words = text.split()
+        if len(words) <= self.window_words:
+            return [text]
+        starts = list(range(0, len(words) - self.window_words + self.window_stride, self.window_stride))
+        if len(starts) > self.max_windows:
+            last = len(starts) - 1
+            starts = [starts[round(i * last / max(self.max_windows - 1, 1))] for i in range(self.max_windows)]
+        return [" ".join(words[start : start + self.window_words]) for start in starts]
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierWeights:
+    coef: np.ndarray
+    intercept: float
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(vectors @ self.coef + self.intercept)))
+
+
 @dataclass(slots=True)
 class Policy:
     """Everything the rails decide by, read from `custom_data.ratchet` in config.yml."""
@@ -189,9 +321,11 @@ class Policy:
     system_prompt_leak_chars: int = 60
     stream_window_chars: int = 16
     stream_holdback_chars: int = 8
+    classifier: ClassifierKnobs | None = None
     # Filled by `prepare`: the embeddings of known attacks and topic examples, computed once per config load.
     _attack_vectors: np.ndarray | None = field(default=None, repr=False)
     _topic_vectors: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)
+    _classifier: ClassifierWeights | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, custom_data: dict[str, Any], config_dir: Path) -> Policy:
@@ -212,6 +346,7 @@ class Policy:
                 )
                 for topic in topics_section.get("refuse", [])
             )
+            classifier = _classifier_knobs(jailbreak.get("classifier"), config_dir)
             pii = section.get("personal_data", {})
             output = section.get("output", {})
             stream = section.get("streaming", {})
@@ -222,6 +357,7 @@ class Policy:
                     re.compile(pattern, re.IGNORECASE) for pattern in jailbreak.get("extra_patterns", [])
                 ),
                 topics=topics,
+                classifier=classifier,
                 topic_threshold=float(topics_section.get("similarity_threshold", cls.topic_threshold)),
                 input_pii_action=pii.get("input", "redact"),
                 output_pii_action=pii.get("output", "redact"),
@@ -240,6 +376,19 @@ class Policy:
         for name, value in (("jailbreak", policy.jailbreak_threshold), ("topics", policy.topic_threshold)):
             if not 0 < value <= 1:
                 raise PolicyError(f"custom_data.ratchet.{name} similarity_threshold must be in (0, 1], not {value}")
+        if policy.classifier is not None:
+            knobs = policy.classifier
+            if not 0 < knobs.threshold < 1:
+                raise PolicyError(
+                    f"custom_data.ratchet.jailbreak.classifier.threshold must be in (0, 1), not {knobs.threshold}"
+                )
+            if not knobs.attack_files or not knobs.benign_files:
+                raise PolicyError("custom_data.ratchet.jailbreak.classifier needs attack_files and benign_files")
+            if knobs.window_words < 8 or not 0 < knobs.window_stride <= knobs.window_words or knobs.max_windows < 1:
+                raise PolicyError(
+                    "custom_data.ratchet.jailbreak.classifier: window_words ≥ 8, 0 < window_stride ≤ "
+                    "window_words, max_windows ≥ 1"
+                )
         if policy.stream_window_chars < 1 or policy.stream_holdback_chars < 0:
             raise PolicyError("custom_data.ratchet.streaming: window_chars ≥ 1 and holdback_chars ≥ 0")
         return policy
@@ -253,6 +402,99 @@ class Policy:
         self._topic_vectors = [
             (topic.name, embedder.encode(list(topic.examples))) for topic in self.topics if topic.examples
         ]
+        if self.classifier is not None:
+            self._classifier = load_or_fit_classifier(self.classifier, self.known_attacks, embedder)
+
+
+def _classifier_knobs(section: dict[str, Any] | None, config_dir: Path) -> ClassifierKnobs | None:
+    if section is None or not section.get("enabled", True):
+        return None
+    weights = section.get("weights_file")
+    return ClassifierKnobs(
+        threshold=float(section.get("threshold", ClassifierKnobs.threshold)),
+        attack_files=tuple(config_dir / name for name in section.get("attack_files", [])),
+        benign_files=tuple(config_dir / name for name in section.get("benign_files", [])),
+        window_words=int(section.get("window_words", ClassifierKnobs.window_words)),
+        window_stride=int(section.get("window_stride", ClassifierKnobs.window_stride)),
+        max_windows=int(section.get("max_windows", ClassifierKnobs.max_windows)),
+        regularisation=float(section.get("regularisation", ClassifierKnobs.regularisation)),
+        weights_file=config_dir / weights if weights else None,
+    )
+
+
+def _library_texts(path: Path) -> list[str]:
+    """A JSONL file of {"text": …} rows (the attack library, the benign training set)."""
+    try:
+        rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+        return [str(row["text"]) for row in rows]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PolicyError(
+            f"custom_data.ratchet.jailbreak.classifier: {path.name}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def load_or_fit_classifier(
+    knobs: ClassifierKnobs, known_attacks: tuple[str, ...], embedder: Embedder
+) -> ClassifierWeights:
+    """The classifier's weights: read from `weights_file` when it was fitted on exactly these texts and knobs
+    (milliseconds), else fitted now (embedding every training window: minutes on a busy 2-core box) and written
+    there, so only the first load after the library changes pays."""
+    positives = [*known_attacks, *(text for path in knobs.attack_files for text in _library_texts(path))]
+    negatives = [text for path in knobs.benign_files for text in _library_texts(path)]
+    digest = hashlib.sha256(
+        json.dumps(
+            [MODEL_NAME, knobs.window_words, knobs.window_stride, knobs.max_windows, knobs.regularisation]
+        ).encode()
+    )
+    for label, texts in (("+", positives), ("-", negatives)):
+        for text in texts:
+            digest.update(f"{label}{text}\0".encode())
+    data_hash = digest.hexdigest()
+    if knobs.weights_file is not None and knobs.weights_file.is_file():
+        try:
+            saved = json.loads(knobs.weights_file.read_text())
+            if saved.get("data_hash") == data_hash:
+                return ClassifierWeights(np.asarray(saved["coef"], dtype=np.float32), float(saved["intercept"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("unreadable %s: fitting the jailbreak classifier again", knobs.weights_file)
+    weights = _fit_classifier(knobs, positives, negatives, embedder)
+    if knobs.weights_file is not None:
+        saved = {
+            "data_hash": data_hash,
+            "model": MODEL_NAME,
+            "positives": len(positives),
+            "negatives": len(negatives),
+            "intercept": round(weights.intercept, 6),
+            "coef": [round(float(value), 6) for value in weights.coef],
+        }
+        try:
+            knobs.weights_file.write_text(json.dumps(saved) + "\n")
+        except OSError as error:  # a read-only config folder still works, it just fits again at the next load
+            log.warning("cannot cache the jailbreak classifier in %s: %s", knobs.weights_file, error)
+    return weights
+
+
+def _fit_classifier(
+    knobs: ClassifierKnobs, positives: list[str], negatives: list[str], embedder: Embedder
+) -> ClassifierWeights:
+    from sklearn.linear_model import LogisticRegression  # only needed when the library changed
+
+    started = time.perf_counter()
+    # Trained on the same windows it judges at run time, normalised the same way.
+    pos = [window for text in positives for window in knobs.windows(normalise(text))]
+    neg = [window for text in negatives for window in knobs.windows(normalise(text))]
+    vectors = embedder.encode_bulk([*pos, *neg])
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    # Balanced: the library has more attack windows than benign ones; the threshold, not the class ratio,
+    # should set the trade-off.
+    model = LogisticRegression(C=knobs.regularisation, class_weight="balanced", max_iter=5000).fit(vectors, labels)
+    log.info(
+        "jailbreak classifier fitted on %d attack and %d benign windows in %.1f s",
+        len(pos),
+        len(neg),
+        time.perf_counter() - started,
+    )
+    return ClassifierWeights(model.coef_[0].astype(np.float32), float(model.intercept_[0]))
 
 
 def _segments(text: str) -> list[str]:
@@ -281,12 +523,25 @@ def check_jailbreak(text: str, policy: Policy, embedder: Embedder | None) -> Che
         for number, pattern in enumerate(policy.extra_jailbreak_patterns, 1):
             if pattern.search(candidate):
                 return Check(reason=f"extra pattern #{number}")
-    if embedder is None or policy._attack_vectors is None:
+    if embedder is None or (policy._attack_vectors is None and policy._classifier is None):
         return Check()
-    segments = [*_segments(normalise(text)), *payloads]
-    score, index = _best_similarity(embedder.encode(segments), policy._attack_vectors)
-    if score >= policy.jailbreak_threshold:
-        return Check(reason=f"similar to known attack #{index + 1} ({score:.2f})", score=score)
+    normalised = normalise(text)
+    segments = [*_segments(normalised), *payloads]
+    windows = []
+    if policy.classifier is not None:
+        windows = [window for part in (normalised, *payloads) for window in policy.classifier.windows(part)]
+    # One batched forward pass for both; a short message is one text (its sentences and windows are itself).
+    unique = list(dict.fromkeys([*segments, *windows]))
+    vectors = dict(zip(unique, embedder.encode(unique), strict=True))
+    score = 0.0
+    if policy._attack_vectors is not None:
+        score, index = _best_similarity(np.stack([vectors[part] for part in segments]), policy._attack_vectors)
+        if score >= policy.jailbreak_threshold:
+            return Check(reason=f"similar to known attack #{index + 1} ({score:.2f})", score=score)
+    if policy._classifier is not None and policy.classifier is not None:
+        probability = float(policy._classifier.probabilities(np.stack([vectors[part] for part in windows])).max())
+        if probability >= policy.classifier.threshold:
+            return Check(reason=f"jailbreak classifier ({probability:.2f})", score=probability)
     return Check(score=score)
 
 

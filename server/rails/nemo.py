@@ -40,7 +40,12 @@ def config_version(config_dir: Path) -> str:
     """A short hash of every file NeMo reads, so responses and logs say which policy decided."""
     digest = hashlib.sha256()
     for path in sorted(config_dir.rglob("*")):
-        if path.is_file() and path.suffix in {".yml", ".yaml", ".co", ".py", ".txt"} and "eval" not in path.parts:
+        # .jsonl: the jailbreak classifier's training texts (its fitted weights, a cache of them, are not hashed).
+        if (
+            path.is_file()
+            and path.suffix in {".yml", ".yaml", ".co", ".py", ".txt", ".jsonl"}
+            and "eval" not in path.parts
+        ):
             digest.update(str(path.relative_to(config_dir)).encode())
             digest.update(path.read_bytes())
     return "rails-" + digest.hexdigest()[:12]
@@ -136,9 +141,9 @@ class NemoRails:
             ) from error
         try:
             policy = Policy.from_config(config.custom_data, config_dir)
+            policy.prepare(embedder)
         except PolicyError as error:
             raise RailsConfigError(str(error)) from error
-        policy.prepare(embedder)
         try:
             rails = cls(config_dir, config, policy, embedder)
         except RailsConfigError:

@@ -22,3 +22,11 @@ def set_knob(config_dir: Path, section: str, key: str, value: object) -> None:
     config = yaml.safe_load(path.read_text())
     config["custom_data"]["ratchet"][section][key] = value
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def set_classifier_knob(config_dir: Path, key: str, value: object) -> None:
+    """Change one `custom_data.ratchet.jailbreak.classifier.<key>` knob in a copied config.yml."""
+    path = config_dir / "config.yml"
+    config = yaml.safe_load(path.read_text())
+    config["custom_data"]["ratchet"]["jailbreak"]["classifier"][key] = value
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
