@@ -528,7 +528,7 @@ def check_jailbreak(text: str, policy: Policy, embedder: Embedder | None) -> Che
     normalised = normalise(text)
     segments = [*_segments(normalised), *payloads]
     windows = []
-    if policy.classifier is not None:
+    if policy.classifier is not None and policy._classifier is not None:
         windows = [window for part in (normalised, *payloads) for window in policy.classifier.windows(part)]
     # One batched forward pass for both; a short message is one text (its sentences and windows are itself).
     unique = list(dict.fromkeys([*segments, *windows]))
@@ -538,7 +538,7 @@ def check_jailbreak(text: str, policy: Policy, embedder: Embedder | None) -> Che
         score, index = _best_similarity(np.stack([vectors[part] for part in segments]), policy._attack_vectors)
         if score >= policy.jailbreak_threshold:
             return Check(reason=f"similar to known attack #{index + 1} ({score:.2f})", score=score)
-    if policy._classifier is not None and policy.classifier is not None:
+    if windows and policy._classifier is not None and policy.classifier is not None:
         probability = float(policy._classifier.probabilities(np.stack([vectors[part] for part in windows])).max())
         if probability >= policy.classifier.threshold:
             return Check(reason=f"jailbreak classifier ({probability:.2f})", score=probability)
