@@ -1,4 +1,5 @@
-"""`ratchet tune …` and `python -m tuning …`: the nightly job's commands. Each runs in its own process."""
+"""`ratchet tune …` and `python -m tuning …`: the nightly job's commands. Each runs in its own process; on
+several GPUs, `accelerate launch --config_file tuning/accelerate/<profile>.yaml -m tuning nightly`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def _run(action: str, config_path: Path | None) -> None:
     from tuning.nightly import TuningBusy, UnfinishedRun
 
     job = _nightly(config_path)
+    if action == "abandon" and not job.ranks.is_main:
+        return  # nothing to train: rank 0 alone marks the run abandoned
     try:
         run = getattr(job, action)()
     except TuningBusy as error:
@@ -39,6 +42,8 @@ def _run(action: str, config_path: Path | None) -> None:
     except UnfinishedRun as error:
         console.print(f"[yellow]{error}[/]")
         sys.exit(EXIT_UNFINISHED)
+    if not job.ranks.is_main:
+        return  # under `accelerate launch`, rank 0 says how the run went
     report = run.record.get("report")
     click.echo(f"{run.run_id} {run.record['status']}: {run.record.get('message', '')}")
     if report:

@@ -60,6 +60,8 @@ class TuneConfig:
     rl_max_steps: int = 4
     rl_learning_rate: float = 1e-5
     rl_num_generations: int = 4
+    # Prompts per optimiser step (each answered rl_num_generations times): one prompt's group alone is a noisy step.
+    rl_prompts_per_step: int = 2
     rl_num_iterations: int = 2
     rl_epsilon: float = 0.2
     rl_beta: float = 0.04

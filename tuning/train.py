@@ -68,8 +68,16 @@ def policy_lora(config: TuneConfig) -> LoraConfig:
     )
 
 
+def writes(trainer: Any) -> bool:
+    """Under `accelerate launch` every rank trains (ZeRO-2 keeps full weights on each) and rank 0 alone saves."""
+    return trainer.accelerator.is_main_process
+
+
 def _result(trainer: Any, **summary: Any) -> dict[str, Any]:
-    return {"log_history": trainer.state.log_history, "summary": {"steps": trainer.state.global_step, **summary}}
+    # processes: how many ranks trained together (several under `accelerate launch`), which sets the real batch size.
+    steps = trainer.state.global_step
+    processes = trainer.accelerator.num_processes
+    return {"log_history": trainer.state.log_history, "summary": {"steps": steps, "processes": processes, **summary}}
 
 
 def train_reward_model(base: Path, pairs: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
@@ -97,10 +105,11 @@ def train_reward_model(base: Path, pairs: list[Row], config: TuneConfig, out: Pa
         ),
     )
     trainer.train()
-    merged = trainer.model.merge_and_unload()
-    merged.config.pad_token_id = tokenizer.pad_token_id
-    merged.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    if writes(trainer):
+        merged = trainer.model.merge_and_unload()
+        merged.config.pad_token_id = tokenizer.pad_token_id
+        merged.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
     return _result(trainer, pairs=len(pairs))
 
 
@@ -184,10 +193,12 @@ def train_rl(
     """GRPO as a PPO-style update: clipped surrogate (num_iterations > 1, epsilon) and a KL penalty to the base."""
     from trl import GRPOConfig, GRPOTrainer
 
+    if not prompts:
+        raise NotEnoughData("no trainable logged prompts in the training split")
     tokenizer = load_tokenizer(base)
     args = trainer_args(config, out, config.rl_max_steps, config.rl_learning_rate)
-    # GRPO needs the generation batch to be a multiple of the group size: one group per prompt per step.
-    args["per_device_train_batch_size"] = config.rl_num_generations
+    # GRPO needs the generation batch to be a multiple of the group size: whole groups, one per prompt, per step.
+    args["per_device_train_batch_size"] = config.rl_num_generations * config.rl_prompts_per_step
     trainer = GRPOTrainer(
         model=str(base),
         reward_funcs=[
@@ -211,7 +222,8 @@ def train_rl(
         peft_config=policy_lora(config),
     )
     trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
+    if writes(trainer):
+        trainer.model.save_pretrained(out / "adapter")
     return _result(trainer, prompts=len(prompts))
 
 
@@ -243,7 +255,8 @@ def _kto(base: Path, rows: list[Row], peft_config: Any, config: TuneConfig, out:
 
 def train_kto(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
     trainer = _kto(base, rows, policy_lora(config), config, out, config.kto_max_steps, config.kto_learning_rate)
-    trainer.model.save_pretrained(out / "adapter")
+    if writes(trainer):
+        trainer.model.save_pretrained(out / "adapter")
     return _result(trainer, rows=len(rows))
 
 
@@ -260,9 +273,10 @@ def train_prompt_tuning(base: Path, rows: list[Row], config: TuneConfig, out: Pa
     trainer = _kto(
         base, rows, peft_config, config, out, config.prompt_tuning_max_steps, config.prompt_tuning_learning_rate
     )
-    trainer.model.save_pretrained(out / "adapter")
     soft_prompt = trainer.model.get_prompt_embedding_to_save("default").detach().cpu().contiguous()
-    torch.save(soft_prompt, out / "adapter" / "soft_prompt.pt")
+    if writes(trainer):
+        trainer.model.save_pretrained(out / "adapter")
+        torch.save(soft_prompt, out / "adapter" / "soft_prompt.pt")
     return _result(trainer, rows=len(rows), soft_prompt_shape=list(soft_prompt.shape))
 
 
@@ -299,7 +313,8 @@ def train_sft(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dic
         peft_config=policy_lora(config),
     )
     trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
+    if writes(trainer):
+        trainer.model.save_pretrained(out / "adapter")
     return _result(trainer, rows=len(rows))
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
 from tuning.config import TuneConfig
 from tuning.nightly import Nightly, TuningBusy, UnfinishedRun, run_lock
+from tuning.train import NotEnoughData, train_rl
 
 REPO = Path(__file__).resolve().parents[2]
 # kto first: the test kills the run in the first policy stage, and redoing a cheap one keeps the test short.
@@ -138,25 +140,30 @@ def job_env(data_dir: Path, database_url: str, business: Path) -> dict[str, str]
     return env
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[Settings, dict[str, str]]]:
+def seeded(tmp_path: Path, items: list[Judged]) -> Settings:
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'ratchet.db'}"
     upgrade(database_url)
+    settings = Settings(data_dir=tmp_path, database_url=database_url, base_model=PREPARED_MODEL)
+
+    async def fill() -> None:
+        config = build_db_config(settings)
+        await seed(config.create_session_maker(), items)
+        await config.get_engine().dispose()
+
+    asyncio.run(fill())
+    return settings
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[Settings, dict[str, str]]]:
     business = tmp_path / "business"
     business.mkdir()
     (business / "faq.jsonl").write_text(
         json.dumps({"prompt": "What does Ratchet do?", "response": "It answers employees' questions."}) + "\n"
     )
     (business / "handbook.md").write_text("# Handbook\n\nOffices open at 8.\n\nBadges are issued by Facilities.")
-    settings = Settings(data_dir=tmp_path, database_url=database_url, base_model=PREPARED_MODEL)
-
-    async def fill() -> None:
-        config = build_db_config(settings)
-        await seed(config.create_session_maker(), judged())
-        await config.get_engine().dispose()
-
-    asyncio.run(fill())
-    yield settings, job_env(tmp_path, database_url, business)
+    settings = seeded(tmp_path, judged())
+    yield settings, job_env(tmp_path, settings.resolved_database_url, business)
 
 
 def tune(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
@@ -269,3 +276,74 @@ def test_abandoning_a_killed_run_lets_the_next_run_start_over_its_data_window(
         job.resume()
     # No run succeeded, so the next one reads the store from the start, the abandoned window included.
     assert job._start().record["data_since"] is None
+
+
+@pytest.mark.trl  # a reward-model step and a KTO step on CPU
+def test_a_method_without_data_is_skipped_with_its_reason_while_the_others_train(tmp_path: Path) -> None:
+    # Votes only: no ops corrections and no business-data folder, so sft has nothing to learn from.
+    settings = seeded(tmp_path, [Judged(item.question, item.answer, item.vote) for item in judged()])
+    tiny = {key: value for key, value in TINY.items() if key != "METHODS"}
+    config = TuneConfig.load(environ={f"RATCHET_TUNE_{key}": value for key, value in tiny.items()})
+    config.methods = ["sft", "kto"]
+
+    run = Nightly(settings, config).nightly()
+
+    record = json.loads((run.dir / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    assert record["skipped_methods"] == {
+        "sft": "no corrections or approved answers in the training split, and no business data"
+    }
+    assert set(record["adapters"]) == {"kto"}
+    assert (Path(record["adapters"]["kto"]) / "adapter_model.safetensors").exists()
+    assert "kto" in record["message"] and "sft" not in record["message"]
+
+
+def test_rl_without_trainable_prompts_is_not_enough_data(tmp_path: Path) -> None:
+    with pytest.raises(NotEnoughData, match="no trainable logged prompts"):
+        train_rl(PREPARED_MODEL, tmp_path / "reward", [], REPO / "guardrails", TuneConfig(), tmp_path / "rl")
+
+
+def accelerate_launch(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch` with the committed multi-GPU profile, two ranks; without GPUs they run on the CPU (gloo),
+    which is how this test exercises the several-GPU path on a CPU box."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file"]
+    profile = [str(REPO / "tuning" / "accelerate" / "multi_gpu.yaml"), "--num_processes", "2"]
+    return subprocess.run(
+        [*launcher, *profile, "--main_process_port", str(port), "-m", "tuning", command],
+        env={**env, "RATCHET_TUNE_THREADS": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.trl  # two ranks train a reward-model step and an SFT step on CPU
+def test_under_accelerate_launch_both_ranks_train_and_rank_zero_alone_records_the_run(
+    store: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, env = store
+    result = accelerate_launch({**env, "RATCHET_TUNE_METHODS": "sft"}, "nightly")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # One rank reports; the others stay quiet.
+    assert len(re.findall(r"^\S+ succeeded: ", result.stdout, re.MULTILINE)) == 1, result.stdout
+
+    record = json.loads((only_run(settings) / "run.json").read_text())
+    assert record["status"] == "succeeded" and set(record["adapters"]) == {"sft"}
+    assert (Path(record["adapters"]["sft"]) / "adapter_model.safetensors").exists()
+    for stage in ("reward_model", "sft"):
+        summary = json.loads((only_run(settings) / "stages" / f"{stage}.json").read_text())["summary"]
+        assert summary["processes"] == 2, stage
+
+
+def test_under_accelerate_launch_a_held_lock_refuses_on_every_rank(store: tuple[Settings, dict[str, str]]) -> None:
+    settings, env = store
+    with run_lock(settings.data_dir / "tuning"):
+        result = accelerate_launch(env, "nightly")
+    # Rank 0 finds the lock taken and tells the others, so no rank waits for a run that never starts.
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).count("another tuning run holds") == 2
+    assert not (settings.data_dir / "tuning" / "runs").exists()
