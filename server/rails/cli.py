@@ -98,3 +98,41 @@ def evaluate_command(config_dir: Path | None, sets: Path | None, show_misses: bo
             if "dev" in scores:
                 for text in scores["dev"].misses:
                     click.echo(f"{kind} (dev): {text[:160]!r}")
+
+
+@rails.command("profile")
+@click.option("--config", "config_dir", type=click.Path(path_type=Path), default=None, help="Rails config folder.")
+@click.option("--rounds", default=5, show_default=True, help="Passes over the short questions.")
+def profile_command(config_dir: Path | None, rounds: int) -> None:
+    """Time of each rail on short chat messages (the dev benign questions, each made unique so no embedding is
+    cached) and a short answer, called through the same interface as the chat path: p50 and p95 per rail and for
+    the whole input and output check, in milliseconds. No vLLM needed."""
+    from server.rails.evaluation import load_set
+
+    config_dir = config_dir or get_settings().rails_config
+    loaded = _load(config_dir)
+    questions = [row["text"] for row in load_set(config_dir / "eval" / "benign.jsonl") if len(row["text"]) < 200]
+    answer = "Open Settings, choose Reset token and follow the prompts; if that fails, contact the helpdesk."
+
+    async def run() -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {}
+        try:
+            for number in range(rounds * len(questions)):
+                messages = [{"role": "user", "content": f"{questions[number % len(questions)]} ({number})"}]
+                for name, check in (
+                    ("input", loaded.check_input(messages)),
+                    ("output", loaded.check_output(messages, f"{answer} ({number})")),
+                ):
+                    started = time.perf_counter()
+                    result = await check
+                    times.setdefault(f"{name} total", []).append((time.perf_counter() - started) * 1000)
+                    for verdict in result.verdicts:
+                        times.setdefault(f"{verdict.direction} {verdict.rail}", []).append(verdict.duration_ms)
+        finally:
+            await loaded.aclose()
+        return times
+
+    for name, values in asyncio.run(run()).items():
+        values.sort()
+        p50, p95 = values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.95))]
+        click.echo(f"rail_ms[{name}] p50 {p50:.2f} p95 {p95:.2f}")

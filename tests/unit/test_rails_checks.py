@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -299,3 +300,20 @@ def test_embedding_leaves_the_process_torch_thread_count_alone() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_rails_profile_prints_the_time_of_every_rail_and_both_directions() -> None:
+    from click.testing import CliRunner
+
+    from server.rails.cli import rails as rails_cli
+
+    result = CliRunner().invoke(rails_cli, ["profile", "--config", str(REPO_RAILS), "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    # The runner mixes in stderr (the model's loading bar ends without a newline), so find the lines by pattern.
+    names = set(re.findall(r"rail_ms\[([^\]]+)\] p50 [\d.]+ p95 [\d.]+", result.output))
+    assert {
+        "input total",
+        "output total",
+        "input ratchet check jailbreak",
+        "output ratchet check output policy",
+    } <= names
