@@ -51,12 +51,19 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
         "prompt extraction",
         r"\b(?:reveal|print|show|repeat|output|display|leak|dump|tell me|give me|write out|what (?:is|are|were))\b"
         # "What are the internal rules for booking flights?" is a question about the company: the plain "rules"
-        # and "configuration" count only when hidden or secret ("your internal rules" is the next pattern's).
-        r"[\w\s'-]{0,30}?\b(?:(?:system|initial|hidden|original|secret|developer|internal)\s+"
+        # and "configuration" count only when hidden or secret ("your internal rules" is the next pattern's); and
+        # only the assistant's own prompt ("the/your system prompt"), not "what is a system prompt?".
+        r"[\w\s'-]{0,30}?\b(?:your|the|this|its|these|those)\s+(?:(?:system|initial|hidden|original|secret|"
+        r"developer|internal)\s+"
         r"(?:prompt|instructions?|message)|(?:hidden|secret)\s+(?:rules|configuration))",
     ),
     ("prompt extraction", r"\b(?:repeat|print|output)\b.{0,30}\b(?:everything|all|text)\b.{0,20}\babove\b"),
-    ("role-play escape", r"\bdo anything now\b|(?-i:\bDAN\b)(?: mode)?|\bjailbroken\b|\bjailbreak mode\b"),
+    # Not a question about the attacks themselves ("what are 'do anything now' prompts?") or about phones.
+    (
+        "role-play escape",
+        r"\bdo anything now\b(?!['\"\u2019]?\s+(?:prompts?|jailbreaks?|attacks?))|(?-i:\bDAN\b)(?: mode)?|"
+        r"\bjailbroken\b(?!\s+(?:phones?|iphones?|ipads?|devices?|consoles?|android))|\bjailbreak mode\b",
+    ),
     ("role-play escape", r"\b(?:unrestricted|unfiltered|uncensored|evil|jailbroken) mode\b"),
     # Developer and god mode are also real settings ("enable developer mode in Chrome"): only as the AI's mode, in
     # the same sentence as "you" or an answer.
@@ -527,7 +534,7 @@ def check_jailbreak(text: str, policy: Policy, embedder: Embedder | None) -> Che
         return Check()
     normalised = normalise(text)
     segments = [*_segments(normalised), *payloads]
-    windows = []
+    windows: list[str] = []
     if policy.classifier is not None and policy._classifier is not None:
         windows = [window for part in (normalised, *payloads) for window in policy.classifier.windows(part)]
     # One batched forward pass for both; a short message is one text (its sentences and windows are itself).
