@@ -3,9 +3,8 @@
 Starts two real `ratchet serve` apps on scratch data dirs, one with RATCHET_RAILS_ENABLED=false, both on the
 same vLLM (an external one with --vllm-url, otherwise the rails-off app supervises its own and the rails-on app
 uses it). Then measures
-  * per-request overhead: the same benign question (temperature 0, so the same answer) sent to both apps at the
-    same moment, so both ride the same vLLM batch and any other load on vLLM hits both alike; overhead =
-    latency with rails - latency without;
+  * per-request overhead: the same benign question (temperature 0, so the same answer) sent to each app in
+    turn, alone on vLLM, the order alternating between pairs; overhead = latency with rails - latency without;
   * the streaming window cost: time to first token of the same streamed questions, sent the same way;
   * throughput: `--concurrency` concurrent streamed chats, in rounds alternating between the apps (so drift in
     what else the machine does is shared), requests per second over all rounds;
@@ -85,17 +84,20 @@ def percentile(values: list[float], q: float) -> float:
 async def paired(
     client: httpx.AsyncClient, on: LiveServer, off: LiveServer, prompts: list[str], max_tokens: int
 ) -> tuple[list[float], list[float]]:
-    """Overheads in ms (rails - none) for whole non-streamed requests and for streamed time to first token."""
+    """Overheads in ms (rails - none) for whole non-streamed requests and for streamed time to first token.
+
+    The two requests of a pair run one after the other, each alone on vLLM, in alternating order. Sent together,
+    the rails-on request reached vLLM a check later, after the other had started a step, and waited for that
+    step to end: the figure measured vLLM's scheduling more than the rails."""
     request_overheads, ttft_overheads = [], []
-    for question in prompts:
-        latency_on, latency_off = await asyncio.gather(
-            timed_chat(client, on, question, max_tokens), timed_chat(client, off, question, max_tokens)
-        )
-        (ttft_on, _), (ttft_off, _) = await asyncio.gather(
-            timed_stream(client, on, question, max_tokens), timed_stream(client, off, question, max_tokens)
-        )
-        request_overheads.append((latency_on - latency_off) * 1000)
-        ttft_overheads.append((ttft_on - ttft_off) * 1000)
+    for index, question in enumerate(prompts):
+        latency: dict[str, float] = {}
+        ttft: dict[str, float] = {}
+        for name, server in [("on", on), ("off", off)][:: 1 if index % 2 == 0 else -1]:
+            latency[name] = await timed_chat(client, server, question, max_tokens)
+            ttft[name], _ = await timed_stream(client, server, question, max_tokens)
+        request_overheads.append((latency["on"] - latency["off"]) * 1000)
+        ttft_overheads.append((ttft["on"] - ttft["off"]) * 1000)
     return request_overheads, ttft_overheads
 
 
