@@ -14,7 +14,7 @@
      figure degenerate_rate                       (empty, looping, or repeating the system prompt)
    A candidate that got shorter by collapsing shows up as a high degenerate rate and a low accuracy ratio.
 
-Run: `nice -n 10 .venv/bin/python bench/learning.py` (about half an hour on 2 CPU cores; see --help for budgets).
+Run: `nice -n 10 .venv/bin/python bench/learning.py` (about 40 minutes on 2 shared CPU cores; see --help for budgets).
 """
 
 from __future__ import annotations
@@ -99,7 +99,10 @@ HELD_OUT_QUESTIONS = [
     "How do I onboard a new small business customer?",
     "How can customers archive old invoices?",
 ]
-# Questions with one short right answer (accepted spellings); "useful" means still answering these.
+# Questions with one short right answer (accepted spellings); "useful" means still answering these. Chosen from
+# general knowledge before looking at the base model's answers and kept whatever it answered (it gets about
+# 80% right), so the ratio is not biased towards questions the base happens to know; 62 of them make one
+# question 1.6 points instead of the 6 points of the first 16-question list.
 KNOWN_ANSWERS = [
     ("What is the capital of France?", ["paris"]),
     ("How many days are there in a week?", ["7", "seven"]),
@@ -117,6 +120,52 @@ KNOWN_ANSWERS = [
     ("Which animal is known as the king of the jungle?", ["lion"]),
     ("What is the capital of Italy?", ["rome"]),
     ("How many sides does a triangle have?", ["3", "three"]),
+    ("What is the capital of Germany?", ["berlin"]),
+    ("What is the capital of Spain?", ["madrid"]),
+    ("What is the capital of the United Kingdom?", ["london"]),
+    ("What is the capital of Canada?", ["ottawa"]),
+    ("What is the capital of Australia?", ["canberra"]),
+    ("What is the capital of Egypt?", ["cairo"]),
+    ("What is the capital of Russia?", ["moscow"]),
+    ("What is the capital of China?", ["beijing"]),
+    ("What is 3 times 4?", ["12", "twelve"]),
+    ("What is 5 + 6?", ["11", "eleven"]),
+    ("What is 100 divided by 10?", ["10", "ten"]),
+    ("What is 9 minus 4?", ["5", "five"]),
+    ("How many minutes are in an hour?", ["60", "sixty"]),
+    ("How many seconds are in a minute?", ["60", "sixty"]),
+    ("How many sides does a square have?", ["4", "four"]),
+    ("How many legs does a cat have?", ["4", "four"]),
+    ("How many wheels does a bicycle have?", ["2", "two"]),
+    ("How many continents are there?", ["7", "seven"]),
+    ("How many days are in a leap year?", ["366"]),
+    ("At what temperature in degrees Celsius does water boil at sea level?", ["100", "one hundred"]),
+    ("What is the chemical symbol for water?", ["h2o"]),
+    ("What is the chemical symbol for gold?", ["au"]),
+    ("Which planet is known as the Red Planet?", ["mars"]),
+    ("Which planet is closest to the Sun?", ["mercury"]),
+    ("What is the name of the star at the centre of our solar system?", ["sun", "the sun"]),
+    ("What is the natural satellite of the Earth called?", ["moon", "the moon"]),
+    ("What is the largest ocean on Earth?", ["pacific"]),
+    ("What is the longest river in Africa?", ["nile"]),
+    ("What is the tallest mountain in the world?", ["everest"]),
+    ("What is the largest mammal?", ["blue whale"]),
+    ("What do bees make?", ["honey"]),
+    ("What colour are ripe bananas?", ["yellow"]),
+    ("What colour is grass?", ["green"]),
+    ("What is frozen water called?", ["ice"]),
+    ("Which organ pumps blood through the human body?", ["heart"]),
+    ("How many bones are in the adult human body?", ["206"]),
+    ("Who wrote Romeo and Juliet?", ["shakespeare"]),
+    ("Who painted the Mona Lisa?", ["leonardo", "da vinci"]),
+    ("Who developed the theory of relativity?", ["einstein"]),
+    ("What language is mainly spoken in Brazil?", ["portuguese"]),
+    ("What is the currency of Japan?", ["yen"]),
+    ("What is the currency of the United States?", ["dollar", "usd"]),
+    ("In which country are the pyramids of Giza?", ["egypt"]),
+    ("What is the opposite of up?", ["down"]),
+    ("What is the first letter of the English alphabet?", ["a"]),
+    ("What is the square root of 16?", ["4", "four"]),
 ]
 
 
@@ -185,7 +234,7 @@ class Generator:
         return PeftModel.from_pretrained(fresh, adapter).eval()
 
 
-def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]]) -> dict[str, float]:
+def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]]) -> dict[str, Any]:
     held_out = generate([messages(question) for question in HELD_OUT_QUESTIONS])
     known = generate([messages(question) for question, _ in KNOWN_ANSWERS])
     correct = [
@@ -199,6 +248,9 @@ def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]]) -> dic
         "accuracy": sum(correct) / len(correct),
         "degenerate_rate": sum(map(degenerate, everything)) / len(everything),
         "example": held_out[0],
+        # Per question, so a lower accuracy reads as answers lost or as flips both ways (noise).
+        "correct": correct,
+        "known_answers": known,
     }
 
 
@@ -242,13 +294,21 @@ def seed_and_train(args: argparse.Namespace, generator: Generator, settings: Set
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The defaults are the budget of the figures in docs/tuning.md: about 40 minutes on the shared 2-core box.
     parser.add_argument("--methods", default="kto,sft,prompt_tuning,rl")
-    parser.add_argument("--samples-per-question", type=int, default=4)
-    parser.add_argument("--seed-max-tokens", type=int, default=80)
-    parser.add_argument("--eval-max-tokens", type=int, default=80)
-    parser.add_argument("--steps", type=int, default=25, help="steps of the reward model, kto, sft, prompt tuning")
-    parser.add_argument("--rl-steps", type=int, default=3)
-    parser.add_argument("--correction-share", type=float, default=0.25, help="down-voted answers ops correct")
+    parser.add_argument("--samples-per-question", type=int, default=3)
+    parser.add_argument("--seed-max-tokens", type=int, default=64)
+    parser.add_argument("--eval-max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--steps", type=int, default=20, help="steps of kto, sft, prompt tuning; twice as many for the RM"
+    )
+    # GRPO's budget: every other step generates (num_iterations 2), so 32 steps answer 32 prompts 4 times each.
+    # 16 steps at lr 1e-4 and 48 tokens moved nothing (KL to the base 0.008; nearly every completion cut at 48
+    # tokens, so the reward model never saw a concise answer end): more steps, a larger step, room to finish.
+    parser.add_argument("--rl-steps", type=int, default=32)
+    parser.add_argument("--rl-learning-rate", type=float, default=3e-4)
+    parser.add_argument("--rl-max-tokens", type=int, default=64, help="GRPO completion length (generation is its cost)")
+    parser.add_argument("--correction-share", type=float, default=0.5, help="down-voted answers ops correct")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--continue-in",
@@ -271,7 +331,8 @@ def main() -> None:
         sft_max_steps=args.steps,
         prompt_tuning_max_steps=args.steps,
         rl_max_steps=args.rl_steps,
-        rl_max_completion_length=args.eval_max_tokens,
+        rl_learning_rate=args.rl_learning_rate,
+        rl_max_completion_length=args.rl_max_tokens,
     )
     limit_resources(config)
     torch.manual_seed(0)
@@ -294,7 +355,7 @@ def main() -> None:
     print(f"figure reward_model_held_out_pairs {held_out.get('held_out_pairs')}")
 
     # 3. Base vs each candidate on questions no stage trained on.
-    def run_eval(model: Any) -> dict[str, float]:
+    def run_eval(model: Any) -> dict[str, Any]:
         return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, sample=False))
 
     results = {"base": run_eval(generator.base)}
@@ -320,6 +381,11 @@ def main() -> None:
         )
         print(f"ratio accuracy_candidate_vs_base[{method}] {ratio(figures['accuracy'], base_figures['accuracy'])}")
         print(f"figure degenerate_rate[{method}] {figures['degenerate_rate']:.3f}")
+        pairs = list(zip(base_figures["correct"], figures["correct"], strict=True))
+        print(
+            f"figure known_answers_lost[{method}] {sum(b and not c for b, c in pairs)} "
+            f"gained {sum(c and not b for b, c in pairs)} of {len(pairs)}"
+        )
     (work / "learning.json").write_text(json.dumps(results, indent=2))
     print(f"figure seconds_total {time.monotonic() - started:.0f}")
     print(f"# run dir {run.dir}; answers in {work / 'learning.json'}")

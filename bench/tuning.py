@@ -90,14 +90,16 @@ def main() -> None:
     print(f"# device: {device}; {args.rows} feedback rows; {steps} steps per trainer")
     snapshot = json.loads((run.dir / "stages" / "snapshot.json").read_text())["seconds"]
     print(f"figure seconds_per_1000_rows[snapshot] {snapshot * 1000 / args.rows:.2f}")
-    # Rows one optimiser step consumes: GRPO's batch is num_generations completions of one prompt.
+    # Rows one optimiser step consumes on one rank. GRPO's batch is num_generations completions of each of
+    # rl_prompts_per_step prompts, and every generated batch is trained on rl_num_iterations times.
     per_step = {stage: config.batch_size * config.gradient_accumulation_steps for stage in ("reward_model", *METHODS)}
-    per_step["rl"] = config.gradient_accumulation_steps
+    per_step["rl"] = config.rl_prompts_per_step * config.gradient_accumulation_steps / config.rl_num_iterations
     for stage in ("reward_model", *config.methods):
         marker = json.loads((run.dir / "stages" / f"{stage}.json").read_text())
         final = next(entry for entry in reversed(marker["log_history"]) if "train_runtime" in entry)
         step_seconds = final["train_runtime"] / marker["summary"]["steps"]
-        print(f"figure seconds_per_1000_rows[{stage}] {step_seconds * 1000 / per_step[stage]:.0f}")
+        rows_per_step = per_step[stage] * marker["summary"].get("processes", 1)
+        print(f"figure seconds_per_1000_rows[{stage}] {step_seconds * 1000 / rows_per_step:.0f}")
         print(f"figure fixed_seconds[{stage}] {marker['seconds'] - final['train_runtime']:.1f}")
 
 
