@@ -302,12 +302,14 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=20, help="steps of kto, sft, prompt tuning; twice as many for the RM"
     )
-    # GRPO's budget: every other step generates (num_iterations 2), so 32 steps answer 32 prompts 4 times each.
-    # 16 steps at lr 1e-4 and 48 tokens moved nothing (KL to the base 0.008; nearly every completion cut at 48
-    # tokens, so the reward model never saw a concise answer end): more steps, a larger step, room to finish.
-    parser.add_argument("--rl-steps", type=int, default=32)
-    parser.add_argument("--rl-learning-rate", type=float, default=3e-4)
-    parser.add_argument("--rl-max-tokens", type=int, default=64, help="GRPO completion length (generation is its cost)")
+    # GRPO's budget: every other step generates (num_iterations 2), so 24 steps answer 24 prompts 4 times each.
+    # With completions cut at 48-64 tokens the reward model only ever judged truncated answers: 16 steps at lr
+    # 1e-4 moved nothing, 32 at 3e-4 moved the policy the wrong way. 128 tokens let a third of them finish.
+    parser.add_argument("--rl-steps", type=int, default=24)
+    parser.add_argument("--rl-learning-rate", type=float, default=1e-4)
+    parser.add_argument(
+        "--rl-max-tokens", type=int, default=128, help="GRPO completion length (generation is its cost)"
+    )
     parser.add_argument("--correction-share", type=float, default=0.5, help="down-voted answers ops correct")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
