@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         Path("guardrails"),
         description="NeMo Guardrails config folder of the rails; reloaded by `ratchet rails reload` or SIGHUP.",
     )
+    rails_speculative_generation: bool = Field(
+        True,
+        description="Start generating while the input rails check a question, so their time hides behind vLLM's; "
+        "a question they refuse or rewrite has that generation aborted and thrown away.",
+    )
     export_max_pairs_per_prompt: int = Field(
         8, description="Most preference pairs a training export builds from the answers to one identical prompt."
     )

@@ -21,6 +21,7 @@ from uuid_utils.compat import uuid7
 
 from server.auth.services import Principal
 from server.chat.schemas import ChatCompletionRequest, RatchetMetadata
+from server.chat.speculation import Speculation, open_stream
 from server.db.models import Conversation, Message, MessageStatus
 from server.engine.client import EngineClient, EngineRejectedError, EngineUnavailableError
 from server.engine.router import ModelRouter, Route
@@ -89,6 +90,8 @@ class Turn:
     rails: Rails | None = None
     input_verdicts: tuple[RailVerdict, ...] = ()
     refusal: str | None = None
+    # The generation started while the input rails ran (server/chat/speculation), when they let it stand.
+    speculation: Speculation[Any] | None = None
 
     @property
     def metadata(self) -> RatchetMetadata:
@@ -149,7 +152,48 @@ class ChatService:
             raise InvalidChatError("The last user message is empty.")
         route = self._router.resolve(request.model)
         messages, system_prompt_version = self._prompt(request)
+        sampling = request.sampling(self._settings.default_max_tokens)
+        payload = _payload(route, messages, sampling, uuid7(), request.stream)
         rails = self._rails.current if self._rails is not None else None
+        speculation = self._speculate(payload, request.stream) if rails is not None else None
+        try:
+            turn = await self._checked_turn(
+                principal, request, channel, route, messages, system_prompt_version, sampling, payload, rails
+            )
+            # Only a request the rails let through unchanged may keep what was generated for it.
+            if speculation is not None and turn.refusal is None and turn.payload is payload:
+                turn.speculation, speculation = speculation, None
+        finally:
+            if speculation is not None:
+                await speculation.abandon()
+        return turn
+
+    def _speculate(self, payload: dict[str, Any], stream: bool) -> Speculation[Any] | None:
+        """Start generating before the input rails decide, unless that is known to be wasted: speculation off, vLLM
+        down (the rails may still refuse without it), or personal data in the question (the rails will redact it,
+        so the model must not see it; this is the same redaction the rails use)."""
+        if not self._settings.rails_speculative_generation or self._engine_down_reason():
+            return None
+        question = payload["messages"][-1]["content"]
+        if redact(question).changed:
+            return None
+        if stream:
+            return Speculation(open_stream(self._engine, payload))
+        return Speculation(self._engine.chat(payload))
+
+    async def _checked_turn(
+        self,
+        principal: Principal,
+        request: ChatCompletionRequest,
+        channel: str,
+        route: Route,
+        messages: list[dict[str, str]],
+        system_prompt_version: str | None,
+        sampling: dict[str, Any],
+        payload: dict[str, Any],
+        rails: Rails | None,
+    ) -> Turn:
+        """Run the input rails, then persist the question and the pending answer the way they decided."""
         checked = await rails.check_input(messages) if rails is not None else None
         refusal = checked.text if checked is not None and checked.blocked else None
         # A refusal needs no model, so vLLM being down only matters for questions that pass the rails.
@@ -157,11 +201,12 @@ class ChatService:
             raise EngineUnavailableError(reason)
         if checked is not None and checked.modified and refusal is None:
             # The model (and the store) only ever see the redacted question.
-            messages[-1] = {"role": "user", "content": checked.text}
-        sampling = request.sampling(self._settings.default_max_tokens)
+            messages = [*messages[:-1], {"role": "user", "content": checked.text}]
+            payload = {**payload, "messages": messages}
         # A refused question is kept for review, but never with the personal data it may carry.
         user_text = redact(messages[-1]["content"]).text if refusal is not None else messages[-1]["content"]
-        message_id, user_message_id = uuid7(), uuid7()
+        # The answer's id is the id its vLLM request was sent under (possibly already, speculatively).
+        message_id, user_message_id = UUID(payload["request_id"]), uuid7()
         async with self._sessions.begin() as session:
             if request.conversation_id is not None:
                 conversation = await session.get(Conversation, request.conversation_id)
@@ -197,17 +242,6 @@ class ChatService:
                 store_verdicts(session, user_message_id, checked.verdicts)
         if checked is not None:
             count_verdicts(checked.verdicts)
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        payload: dict[str, Any] = {
-            "model": route.version,
-            "messages": messages,
-            **sampling,
-            # vLLM then names the completion chatcmpl-<message id>, the id feedback refers to.
-            "request_id": str(message_id),
-        }
-        if request.stream:
-            payload["stream"] = True
-            payload["stream_options"] = {"include_usage": True}
         return Turn(
             principal,
             conversation.id,
@@ -216,7 +250,7 @@ class ChatService:
             new_conversation,
             route,
             payload,
-            include_usage,
+            bool(request.stream_options and request.stream_options.include_usage),
             system_prompt_version,
             rails=rails,
             input_verdicts=checked.verdicts if checked is not None else (),
@@ -228,7 +262,7 @@ class ChatService:
             await self._finish(turn, _refused(turn.refusal))
             return _refusal_completion(turn)
         try:
-            body = await self._engine.chat(turn.payload)
+            body = await (turn.speculation.result() if turn.speculation else self._engine.chat(turn.payload))
         except EngineRejectedError:
             await self._discard(turn)
             raise
@@ -267,9 +301,9 @@ class ChatService:
         """Start generating; errors before the first byte surface as exceptions (so as 4xx/5xx responses)."""
         if turn.refusal is not None:
             return self._refusal_stream(turn)
-        upstream = self._engine.stream_chat(turn.payload)
         try:
-            response = await upstream.__aenter__()
+            opening = turn.speculation.result() if turn.speculation else open_stream(self._engine, turn.payload)
+            upstream, response = await opening
         except EngineRejectedError:
             await self._discard(turn)
             raise
@@ -502,6 +536,23 @@ class ChatService:
         if sibling is None:  # the user deleted their data while it was generating
             raise ConversationNotFoundError(f"No answer {message_id} to regenerate.")
         return sibling
+
+
+def _payload(
+    route: Route, messages: list[dict[str, str]], sampling: dict[str, Any], message_id: UUID, stream: bool | None
+) -> dict[str, Any]:
+    """The request to vLLM for one turn."""
+    payload: dict[str, Any] = {
+        "model": route.version,
+        "messages": messages,
+        **sampling,
+        # vLLM then names the completion chatcmpl-<message id>, the id feedback refers to.
+        "request_id": str(message_id),
+    }
+    if stream:
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+    return payload
 
 
 def _refused(refusal: str) -> _Outcome:
