@@ -1,10 +1,11 @@
 """Rails benchmark: the same chat workload through Ratchet with the guardrails on and off, in one run.
 
-Starts two real `ratchet serve` apps on scratch data dirs, one with RATCHET_RAILS_ENABLED=false, both on the
-same vLLM (an external one with --vllm-url, otherwise the rails-off app supervises its own and the rails-on app
-uses it). Then measures
+Starts three real `ratchet serve` apps on scratch data dirs, all on the same vLLM (an external one with
+--vllm-url, otherwise the rails-off app supervises its own and the others use it): rails off, rails on (the
+defaults), and rails on with speculative generation (RATCHET_RAILS_SPECULATIVE_GENERATION=true: vLLM starts on
+the question while the input rails check it). Then measures
   * per-request overhead: the same benign question (temperature 0, so the same answer) sent to each app in
-    turn, alone on vLLM, the order alternating between pairs; overhead = latency with rails - latency without;
+    turn, alone on vLLM, the order rotating between questions; overhead = latency with rails - latency without;
   * the streaming window cost: time to first token of the same streamed questions, sent the same way;
   * throughput: `--concurrency` concurrent streamed chats, in rounds alternating between the apps (so drift in
     what else the machine does is shared), requests per second over all rounds;
@@ -82,22 +83,27 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def paired(
-    client: httpx.AsyncClient, on: LiveServer, off: LiveServer, prompts: list[str], max_tokens: int
-) -> tuple[list[float], list[float]]:
-    """Overheads in ms (rails - none) for whole non-streamed requests and for streamed time to first token.
+    client: httpx.AsyncClient, servers: dict[str, LiveServer], prompts: list[str], max_tokens: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Overheads in ms (each rails app - rails off) for whole non-streamed requests and for streamed time to
+    first token, per rails app.
 
-    The two requests of a pair run one after the other, each alone on vLLM, in alternating order. Sent together,
-    the rails-on request reached vLLM a check later, after the other had started a step, and waited for that
-    step to end: the figure measured vLLM's scheduling more than the rails."""
-    request_overheads, ttft_overheads = [], []
+    The requests for one question run one after the other, each alone on vLLM, in rotating order. Sent together,
+    a rails-on request reached vLLM a check later, after the other had started a step, and waited for that step
+    to end: the figure measured vLLM's scheduling more than the rails."""
+    names = list(servers)
+    request_overheads: dict[str, list[float]] = {name: [] for name in names if name != "off"}
+    ttft_overheads: dict[str, list[float]] = {name: [] for name in names if name != "off"}
     for index, question in enumerate(prompts):
         latency: dict[str, float] = {}
         ttft: dict[str, float] = {}
-        for name, server in [("on", on), ("off", off)][:: 1 if index % 2 == 0 else -1]:
-            latency[name] = await timed_chat(client, server, question, max_tokens)
-            ttft[name], _ = await timed_stream(client, server, question, max_tokens)
-        request_overheads.append((latency["on"] - latency["off"]) * 1000)
-        ttft_overheads.append((ttft["on"] - ttft["off"]) * 1000)
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            latency[name] = await timed_chat(client, servers[name], question, max_tokens)
+            ttft[name], _ = await timed_stream(client, servers[name], question, max_tokens)
+        for name in request_overheads:
+            request_overheads[name].append((latency[name] - latency["off"]) * 1000)
+            ttft_overheads[name].append((ttft[name] - ttft["off"]) * 1000)
     return request_overheads, ttft_overheads
 
 
@@ -129,13 +135,14 @@ async def loaded(
     return elapsed, health
 
 
-async def run(on: LiveServer, off: LiveServer, args: argparse.Namespace) -> None:
+async def run(servers: dict[str, LiveServer], args: argparse.Namespace) -> None:
     prompts = questions()
+    on, off = servers["on"], servers["off"]
     async with httpx.AsyncClient(timeout=600) as client:
-        # Warm-up: first requests pay one-off costs (connections, vLLM prefix cache) on both apps.
-        for server in (on, off):
+        # Warm-up: first requests pay one-off costs (connections, vLLM prefix cache) on every app.
+        for server in servers.values():
             await timed_chat(client, server, prompts[0], 8)
-        request_overheads, ttft_overheads = await paired(client, on, off, prompts[: args.samples], args.max_tokens)
+        request_overheads, ttft_overheads = await paired(client, servers, prompts[: args.samples], args.max_tokens)
         seconds = {"on": 0.0, "off": 0.0}
         health: dict[str, list[float]] = {"on": [], "off": []}
         for round_index in range(args.rounds):
@@ -148,10 +155,11 @@ async def run(on: LiveServer, off: LiveServer, args: argparse.Namespace) -> None
         requests = args.rounds * args.concurrency * 2
         rps_on, rps_off = requests / seconds["on"], requests / seconds["off"]
         health_on, health_off = health["on"], health["off"]
-    print(f"rails_overhead_ms_p50 {statistics.median(request_overheads):.1f}")
-    print(f"rails_overhead_ms_p95 {percentile(request_overheads, 0.95):.1f}")
-    print(f"rails_stream_ttft_overhead_ms_p50 {statistics.median(ttft_overheads):.1f}")
-    print(f"rails_stream_ttft_overhead_ms_p95 {percentile(ttft_overheads, 0.95):.1f}")
+    for name, suffix in (("on", ""), ("speculative", "_speculative")):
+        print(f"rails_overhead_ms_p50{suffix} {statistics.median(request_overheads[name]):.1f}")
+        print(f"rails_overhead_ms_p95{suffix} {percentile(request_overheads[name], 0.95):.1f}")
+        print(f"rails_stream_ttft_overhead_ms_p50{suffix} {statistics.median(ttft_overheads[name]):.1f}")
+        print(f"rails_stream_ttft_overhead_ms_p95{suffix} {percentile(ttft_overheads[name], 0.95):.1f}")
     print(f"throughput_rps_rails {rps_on:.3f}")
     print(f"throughput_rps_none {rps_off:.3f}")
     print(f"ratio throughput_rails_vs_none {rps_on / rps_off:.3f}")
@@ -209,15 +217,20 @@ def main() -> None:
             )
             servers.append(off)
             wait_ready(off, 900)
-            on = start_server(
-                root / "on",
-                f"sqlite+aiosqlite:///{root / 'on' / 'ratchet.db'}",
-                settings.base_model_dir.resolve(),
-                {"RATCHET_VLLM_URL": off.vllm_url, "RATCHET_RAILS_ENABLED": "true"},
-            )
-            servers.append(on)
-            wait_ready(on, 300)
-            asyncio.run(run(on, off, args))
+            for name, speculative in (("on", "false"), ("speculative", "true")):
+                server = start_server(
+                    root / name,
+                    f"sqlite+aiosqlite:///{root / name / 'ratchet.db'}",
+                    settings.base_model_dir.resolve(),
+                    {
+                        "RATCHET_VLLM_URL": off.vllm_url,
+                        "RATCHET_RAILS_ENABLED": "true",
+                        "RATCHET_RAILS_SPECULATIVE_GENERATION": speculative,
+                    },
+                )
+                servers.append(server)
+                wait_ready(server, 300)
+            asyncio.run(run({"off": off, "on": servers[1], "speculative": servers[2]}, args))
         finally:
             for server in reversed(servers):
                 stop_server(server)

@@ -74,9 +74,11 @@ class Settings(BaseSettings):
         description="NeMo Guardrails config folder of the rails; reloaded by `ratchet rails reload` or SIGHUP.",
     )
     rails_speculative_generation: bool = Field(
-        True,
-        description="Start generating while the input rails check a question, so their time hides behind vLLM's; "
-        "a question they refuse or rewrite has that generation aborted and thrown away.",
+        False,
+        description="Start generating while the input rails check a question (a refused or rewritten one has that "
+        "generation aborted and thrown away). Pays off where vLLM has its own accelerator; off by default because "
+        "on a CPU-only host the check and vLLM's prefill compete for the same cores and bench/rails.py measured "
+        "it slower.",
     )
     export_max_pairs_per_prompt: int = Field(
         8, description="Most preference pairs a training export builds from the answers to one identical prompt."
