@@ -9,6 +9,10 @@ from pathlib import Path
 
 from server.rails.base import Rails
 
+# Splits that estimate how the rails do on new text: their texts are never printed (not even their misses) and they
+# are never tuned on. Every other split (dev, dev2, …) is development data.
+TEST_SPLITS = frozenset({"heldout", "external"})
+
 
 @dataclass(slots=True)
 class SplitScore:
@@ -51,11 +55,15 @@ def load_set(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-async def evaluate(rails: Rails, eval_dir: Path) -> EvalReport:
-    """Runs the input rails (what decides whether a prompt reaches the model) on every prompt."""
+async def evaluate(rails: Rails, eval_dir: Path, splits: Iterable[str] | None = None) -> EvalReport:
+    """Runs the input rails (what decides whether a prompt reaches the model) on every prompt of `splits` (all
+    when None)."""
+    wanted = None if splits is None else set(splits)
     report = EvalReport(attacks={}, benign={})
     for name, scores, should_block in (("attacks", report.attacks, True), ("benign", report.benign, False)):
         for row in load_set(eval_dir / f"{name}.jsonl"):
+            if wanted is not None and row["split"] not in wanted:
+                continue
             result = await rails.check_input([{"role": "user", "content": row["text"]}])
             score = scores.setdefault(row["split"], SplitScore())
             score.total += 1
