@@ -38,14 +38,32 @@ class PolicyError(ValueError):
 # not a single word, so "ignore the warning" or "kill a process" do not trip them.
 _OVERRIDE_NOUNS = (
     r"(?:instructions?|prompts?|rules?|directives?|guidelines?|guardrails?|programming|restrictions?|"
-    r"policies|polic(?:y)|constraints?|safety (?:rules|guidelines|filters?)|system message|commands?)"
+    r"policies|polic(?:y)|constraints?|safety (?:rules|guidelines|filters?)|system message|commands\b)"
+)
+# "answer without restrictions" in other languages: an answer verb or the AI, and "without limits", in one sentence.
+_ANSWER_WORDS = (
+    r"(?:(?<!\w)(?:r[ée]ponds|r[ée]pondez|antworte\w*|responde\w*|contesta\w*|rispondi\w*|responda\w*|antwoord\w*|"
+    r"odpowiadaj\w*|отвечай\w*|ответь\w*|ia|ki|ai|assistente|asistente|assistant|ассистент|ии|comportati|actúa|agis)"
+    r"(?!\w)|回答|答え|回复|助手|アシスタント)"
+)
+_WITHOUT_LIMITS = (
+    r"(?:(?<!\w)(?:sans (?:aucune )?(?:restrictions?|filtres?|limites?)|ohne (?:jede )?(?:einschränkungen|filter|"
+    r"regeln|grenzen)|sin (?:ninguna )?(?:restricci[oó]n|restricciones|filtros?|l[ií]mites?)|senza (?:alcun\w* )?"
+    r"(?:limiti|restrizioni|filtri)|sem (?:nenhum\w* )?(?:filtros?|restrições|limites?)|zonder (?:beperkingen|"
+    r"filters|regels)|bez (?:żadnych )?ogranicze[nń]|без (?:каких-либо )?(?:ограничений|фильтров|правил))|"
+    r"没有(?:任何)?限制|无限制|不受限制|制限なし|制限なく|制限のない)"
 )
 JAILBREAK_PATTERNS: list[tuple[str, str]] = [
     (
         "instruction override",
         r"\b(?:ignore|disregard|forget|override|bypass|skip|drop|abandon|discard|set aside|stop following)\b"
         r"[\w\s,'-]{0,40}?\b(?:previous|prior|above|earlier|preceding|initial|original|system|all|your|any|these|"
-        r"those|the|my)\b[\w\s'-]{0,20}?" + _OVERRIDE_NOUNS + r"\b",
+        r"those|the|my)\b[\w\s'-]{0,20}?" + _OVERRIDE_NOUNS + r"\b"
+        # An e-mail's "please ignore the previous instructions about the parking garage" is about something else.
+        # Instructions about/for/in something else (the parking garage, the visitor badges, the wiki) are not the
+        # assistant's, unless that something is this chat or the assistant itself.
+        r"(?!\s+(?:about|regarding|concerning|re|on|for|in|from)\s+(?!(?:this|the|our|that)\s+(?:chat|conversation|"
+        r"session|bot|assistant|ai|model)\b)(?!(?:you|your|now|all|me)\b))",
     ),
     (
         "prompt extraction",
@@ -61,7 +79,8 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
     # Not a question about the attacks themselves ("what are 'do anything now' prompts?") or about phones.
     (
         "role-play escape",
-        r"\bdo anything now\b(?!['\"\u2019]?\s+(?:prompts?|jailbreaks?|attacks?))|(?-i:\bDAN\b)(?: mode)?|"
+        r"\bdo anything now\b(?!['\"\u2019]?\s+(?:prompts?|jailbreaks?|attacks?))|"
+        r"(?-i:\bDAN\b)(?!['\"\u2019]?\s+(?:prompts?|jailbreaks?|attacks?|style|family|variants?)\b)(?: mode)?|"
         r"\bjailbroken\b(?!\s+(?:phones?|iphones?|ipads?|devices?|consoles?|android))|\bjailbreak mode\b",
     ),
     ("role-play escape", r"\b(?:unrestricted|unfiltered|uncensored|evil|jailbroken) mode\b"),
@@ -142,10 +161,10 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
     ),
     (
         "persona without limits",
-        r"\b(?:ai|bot|chatbot|model|assistant|character|persona|entity|gpt|version of you)\b.{0,80}?\b(?:no|without|"
-        r"free (?:of|from)|doesn't have (?:any)?|does not have (?:any)?|not bound by|lacks?|devoid of)\s+(?:any\s+)?"
-        r"(?:ethic(?:s|al)|moral(?:s|ity)?|filters?|censorship|content polic(?:y|ies)|restrictions|limitations|"
-        r"boundaries|guidelines|safeguards)\b",
+        r"\b(?:ai|bot|chatbot|model|assistant|character|persona|entity|gpt|version of you)\b.{0,80}?\b(?:no|zero|"
+        r"without|free (?:of|from)|doesn't have (?:any)?|does not have (?:any)?|not bound by|lacks?|devoid of)\s+"
+        r"(?:any\s+)?(?:ethic(?:s|al)|moral(?:s|ity)?|filters?|censorship|content polic(?:y|ies)|restrictions|"
+        r"limitations|boundaries|guidelines|safeguards)\b",
     ),
     (
         "persona without limits",
@@ -186,9 +205,10 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
     ),
     (
         "instruction override",
+        # "ignore the above." / "disregard all previous and …", not "disregard the earlier invoice".
         r"\b(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+)?(?:of\s+)?(?:the\s+)?(?:above|previous|prior|"
-        r"preceding|earlier)\b(?!\s+(?:version|draft|e-?mail|message|slide|spreadsheet|question|typo|invite|step|"
-        r"section|column|table|answer|comment|figure|number|line|paragraph|file|sprint|quarter|week|meeting))|"
+        r"preceding|earlier)\b(?=\s*(?:[.,;:!\u2014]|-{1,2}\s|$|and\b|then\b|now\b|instead\b|completely\b|"
+        r"entirely\b))|"
         r"\bforget (?:everything|all)\b.{0,30}?\b(?:you (?:were|have been) (?:told|taught|given|trained)|you know|"
         r"you learned)",
     ),
@@ -197,6 +217,129 @@ JAILBREAK_PATTERNS: list[tuple[str, str]] = [
         r"\b(?:begin|start)\s+(?:your\s+)?(?:reply|response|answer|output)\s+with\s+[\"“']?(?:sure|absolutely|of "
         r"course|certainly)\b|\b(?:do not|don't|never|must not|mustn't|cannot|can't|are not allowed to|aren't "
         r"allowed to)\s+(?:ever\s+)?refuse\s+(?:any|my|a|this|to answer|to respond|requests?|questions?)\b",
+    ),
+    # Instructions addressed to the AI inside pasted text (e-mails, web pages, tickets, code comments, CSV cells).
+    (
+        "hidden instructions",
+        r"\b(?:note|message|memo|notice|reminder|instructions?)\s+(?:to|for)\s+(?:the\s+|any\s+|all\s+)?(?:ai|assistant|"
+        r"language model|llm|chatbot|gpt|model)s?\b[^\n:]{0,40}:|"
+        r"[\[(<{\u27ea]\s*(?:ai|assistant|model|llm|system|bot)\s+(?:instructions?|note|directive|override|command)\s*:|"
+        r"[\[(<{\u27ea]\s*(?:[\w-]+\s+){0,2}override\s*:|"
+        r"\b(?:ai|assistant|model|llm|chatbot|bot)s?\s+(?:reading|processing|summari[sz]ing|handling|analy[sz]ing|"
+        r"translating)\s+(?:this|these|the)\b[^:\n]{0,30}:|"
+        r"\b(?:instrucci[oó]n|nota|mensaje) para el asistente\b|"
+        r"\b(?:instruction|note|message) (?:pour|à) l'assistant\b|"
+        r"\b(?:anweisung|hinweis|nachricht) (?:an|für) (?:den assistenten|die ki)\b|"
+        r"\b(?:istruzione|nota|messaggio) per l'assistente\b|"
+        r"(?:^|[\s(\[<{\u27ea\"'-])(?:ai|ai assistant|assistant|language model|llm|chatbot|bot|chatgpt)\s*"
+        r"(?:instructions?)?\s*[:,]\s*(?:please\s+)?(?:ignore|disregard|forget|abandon|before (?:answering|summari|"
+        r"translat|responding)|instead|do not (?:summari|translat|answer)|don't (?:summari|translat|answer)|override|"
+        r"you (?:are now|must now|will now)|new task)",
+    ),
+    (
+        "hidden instructions",
+        r"\b(?:ignore|disregard|forget|abandon|skip|stop)\s+(?:the\s+user'?s?'?|your(?:\s+(?:current|original|assigned|"
+        r"actual|real))?|the\s+(?:translation|summari[sz]ation|summary|original|assigned|current))\s+(?:task|request|"
+        r"question|query|job)\b|"
+        r"\b(?:the\s+)?(?:[\w-]+\s+)?(?:ai|assistant|model|chatbot|llm|language model)s?\s+(?:reading this\s+)?"
+        r"(?:must|should|shall|will|is to|are to|has to)\s+(?:now\s+|immediately\s+)?(?:ignore|disregard|abandon|"
+        r"forget|override|stop following)\s+(?:the\s+user|your|its|all|any|the\s+(?:user|previous|original|rubric|"
+        r"criteria|grading|task))",
+    ),
+    (
+        "false authority",
+        r"\b(?:system|admin|administrator|developer|root)\s+override\s*(?::|code|accepted|enabled|activated|granted|"
+        r"mode)|\b(?:you are|you're|you are now|now)\s+in\s+(?:debug|maintenance|admin|god|developer|dev|unrestricted|"
+        r"sudo|root|diagnostic|unlocked)\s+mode\b|\b(?:sudo|root|god|unrestricted|unlocked|jailbreak)\s+mode\s+(?:on|"
+        r"enabled|activated|engaged|unlocked)\b|"
+        r"\b(?:i|we|who)\s+(?:wrote|created|designed|configured|set up|programmed)\s+your\s+(?:system\s+)?(?:prompt|"
+        r"instructions|rules|configuration)",
+    ),
+    (
+        "prompt extraction",
+        r"\b(?:repeat|print|output|echo|paste|reveal|dump|recite|spell out|disclose|leak|quote|put|copy|translate|"
+        r"encode)\b[^.?!\n]{0,30}?\byour\s+(?:(?:complete|entire|full|whole|exact|real|true|actual)\s+)?(?:system "
+        r"prompt|prompt|instructions|initiali[sz]ation|directives|configuration|setup|pre-?prompt)\b|"
+        r"\b(?:summari[sz]e|list|describe|repeat|print|reveal|tell me|show|paste|output|share|recite|echo|dump|"
+        r"write (?:out|down)|what (?:are|were)|give me|send me|copy|quote)\b[^.?!\n]{0,40}?\b(?:instructions?|rules|"
+        r"guidelines|directives|prompt|configuration|context|setup)\s+(?:that\s+)?you\s+(?:were|have been|'ve been|got|"
+        r"received|had|operate under|run under|work under|are following|follow)\b|"
+        r"\bdump\s+your\s+(?:\w+\s+)?(?:config\w*|settings|context|memory|instructions|prompt)\b|"
+        r"\b(?:hidden|secret|system|initial|pre-?loaded)\s+(?:context|preamble|setup|initiali[sz]ation)\b[^.?!\n]{0,40}?"
+        r"\byou\b|\bwhat\s+(?:were|have)\s+you\s+(?:been\s+)?(?:told|instructed|programmed|asked|trained|configured)\s+"
+        r"(?:not\s+)?to\b",
+    ),
+    (
+        "role-play escape",
+        r"\bwhen(?:ever)?\s+you\s+would\s+(?:normally\s+|usually\s+|otherwise\s+)?(?:refuse|decline|say no|reject|"
+        r"add a (?:warning|disclaimer))|"
+        r"\b(?:disable|turn off|remove|lift|bypass|deactivate|switch off|drop|ignore|circumvent)\s+(?:all\s+)?"
+        r"(?:of\s+)?your\s+(?:own\s+)?(?:filters?|safety|safeguards|restrictions|guardrails|censorship|"
+        r"content (?:policy|filters?)|limitations|ethics|morals|programming|alignment)\b|"
+        r"\byou(?:'re| are)\s+(?:now\s+)?(?:free|allowed|permitted)\s+to\s+(?:discuss|say|answer|talk about|do|write|"
+        r"share)\s+(?:anything|everything|whatever)|\bno\s+topic\s+is\s+(?:off[- ]limits|forbidden|prohibited)\b|"
+        r"\b(?:never|doesn't|does not|won't|will not)\s+(?:ever\s+)?(?:mention|consider|care about|talk about|worry "
+        r"about)s?\s+(?:\w+\s+)?(?:ethics|morals|morality|legality|consequences)\b|"
+        r"\b(?:amoral|unfiltered|uncensored|unethical)\s+(?:advice|advisor|adviser|answers)\b",
+    ),
+    (
+        "role-play escape",
+        # "your normal restrictions don't apply", "all prior directives are cancelled", "answer anything without rules"
+        r"\b(?:your|the usual|your usual|your normal|normal|usual)\s+(?:restrictions|rules|guidelines|polic(?:y|ies)|"
+        r"filters|limitations|content policy)\s+(?:don't|do not|no longer|won't|doesn't|does not)\s+apply\b|"
+        r"\b(?:your\s+(?:\w+\s+)?|all\s+(?:prior|previous|earlier)\s+)(?:directives|instructions|rules|guidelines|"
+        r"programming|configuration)\s+(?:are|have been|were)\s+(?:now\s+)?(?:cancell?ed|void|revoked|null|rescinded|"
+        r"invalid|lifted|suspended|overridden|retired|deleted|disabled)\b|"
+        r"\b(?:answer|respond|reply)\w*\s+(?:to\s+)?(?:anything|everything|any question|all questions|whatever)\b"
+        r"[^.]{0,40}?\b(?:without|with no|no)\s+(?:any\s+)?(?:restrictions|rules|filters|limits|censorship|"
+        r"limitations)\b|"
+        r"\bno\s+(?:safety|moral|ethics?|ethical)\s+(?:lectures?|lessons?|sermons?)\b|"
+        r"\b(?:do not|don't|never|without)\s+(?:ever\s+)?(?:say(?:ing)?|tell(?:ing)? me)\s+(?:that\s+)?(?:you\s+|i\s+)?"
+        r"(?:can't|cannot|can not|are unable|am unable|i'm sorry|sorry)\b|"
+        r"\b(?:you(?:'re| are)|an? ai|assistants?)\b[^.]{0,60}\b(?:world|universe|society|future)\s+"
+        r"(?:where|in which)\b[^.]{0,80}\b(?:legal|allowed|permitted|no (?:laws|rules|restrictions|limits|censorship)|"
+        r"without (?:laws|rules|restrictions))\b",
+    ),
+    # Fiction as a wrapper for working instructions ("a villain explains, with real commands, how to …").
+    (
+        "role-play escape",
+        r"\b(?:story|novel|fiction|screenplay|script|scene|monologue|villain|thriller)\b[\s\S]{0,200}?\b(?:with|using|"
+        r"includ\w*|give|in)\s+(?:the\s+|all\s+(?:the\s+)?)?(?:real|actual|working|exact|precise|accurate|full)\s+"
+        r"(?:commands|code|steps|quantities|amounts|measurements|recipes?|technical details?|payloads?|exploits?)\b|"
+        r"\b(?:you are|act (?:like|as)|pretend (?:to be|you are)|become|role-?play as)\s+(?:my\s+)?(?:late\s+|"
+        r"deceased\s+|dead\s+|departed\s+)?(?:grandma|grandmother|granny|grandpa|grandfather|father|mother|dad|mom|mum)"
+        r"\b[\s\S]{0,120}?\bused to\b|\b(?:grandma|grandmother|granny|grandpa|grandfather|father|mother|dad|mom|mum)\b"
+        r"[\s\S]{0,200}?\bused to\b[\s\S]{0,200}?\b(?:act|pretend|play|role-?play|behave)\s+(?:like|as)\s+"
+        r"(?:her|him)\b",
+    ),
+    # The same overrides in other languages (MiniLM reads English only).
+    (
+        "instruction override",
+        r"(?:(?<!\w)(?:ignore[rz]|ignore (?=toutes|tous|les|tes|vos)|oublie[rz]?|ignoriere|vergiss|missachte|ignora|"
+        r"olvida|dimentica|esque[cç]a|negeer|"
+        r"vergeet|zignoruj|zapomnij|игнорируй|проигнорируй|забудь)|忽略|忽视|无视|忘记|無視|忘れ)[^.\n\u3002]{0,40}?"
+        r"(?:(?<!\w)(?:instructions|consignes|règles|anweisungen|regeln|vorgaben|instrucciones|reglas|istruzioni|"
+        r"regole|instruções|instrucoes|regras|instructies|regels|instrukcje|instrukcji|zasady|инструкции|инструкций|"
+        r"указания|правила)|指令|指示|规则|ルール)|"
+        r"(?:以前|之前|先前|前の)[^.\n\u3002]{0,10}?(?:指令|指示|规则|ルール)[^.\n\u3002]{0,20}?(?:無視|忽略|忘れ|忘记)",
+    ),
+    (
+        "prompt extraction",
+        r"(?:(?<!\w)(?:révéle[rz]?|révèle|affiche[rz]?|montre[rz]?|donne[rz]?|zeig\w*|gib|nenne?|revela\w*|muestra\w*|"
+        r"dime|dimmi|mostra\w*|rivela\w*|diga|mostre|vertel|toon|pokaż|podaj|покажи|раскрой|выведи|скажи)|告诉|显示|输出|"
+        r"透露|教えて|見せて|表示)[^.\n\u3002]{0,40}?(?:prompt (?:système|du système|de sistema|del sistema|"
+        r"di sistema|do sistema)|system-?prompt|systeemprompt|prompt systemowy|"
+        r"системн\w* (?:промпт|подсказк\w*|инструкци\w*)|系统提示|系統提示|システムプロンプト|verborgen regels|"
+        r"règles cachées|versteckten regeln|reglas ocultas|regole nascoste)",
+    ),
+    (
+        "role-play escape",
+        f"{_ANSWER_WORDS}[^.\\n\u3002]{{0,60}}?{_WITHOUT_LIMITS}|{_WITHOUT_LIMITS}[^.\\n\u3002]{{0,60}}?{_ANSWER_WORDS}",
+    ),
+    (
+        "encoded payload",
+        r"\b(?:first|last|initial|capital)\s+letters?\s+of\s+(?:each|every)\s+(?:word|line|sentence)\b.{0,60}\b(?:follow|"
+        r"execute|obey|do (?:what|as|it)|run|carry out|comply|perform)\b",
     ),
     (
         "encoded payload",
@@ -216,6 +359,9 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 _SPACED = re.compile(r"\b(?:\w[ ._*-]){3,}\w\b")
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){12,}\b")
+# Words with digits standing for letters in them ("1gn0r3", "pr3v10u5"), at least three of them.
+_LEETSPEAK = re.compile(r"(?:\b(?=\w*[a-z])(?=\w*[013457@$])[a-z0-9@$]{3,}\b.*?){3}", re.IGNORECASE | re.DOTALL)
+_REVERSED_HINT = re.compile(r"\b(?:backwards?|reversed?|reverse order|right to left)\b", re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?\n])\s+")
 
 
@@ -518,9 +664,15 @@ def _best_similarity(vectors: np.ndarray, references: np.ndarray) -> tuple[float
 
 def check_jailbreak(text: str, policy: Policy, embedder: Embedder | None) -> Check:
     """Heuristics on the text, its normalised form and any decoded payload; then similarity to known attacks."""
-    candidates = [text, normalise(text)]
+    normalised = normalise(text)
+    candidates = [text, normalised]
+    if _LEETSPEAK.search(normalised):  # "1gn0r3 4ll pr3v10u5 1n5truct10n5"
+        candidates.append(normalised.translate(_LEET))
+    if _REVERSED_HINT.search(normalised):  # "read this backwards: snoitcurtsni suoiverp erongi"
+        candidates += [normalised[::-1], " ".join(word[::-1] for word in normalised.split())]
     payloads = decoded_payloads(text)
-    candidates += payloads
+    # Most messages are their own normalised form: each distinct text is searched once.
+    candidates = list(dict.fromkeys([*candidates, *payloads]))
     for candidate in candidates:
         for name, pattern in _compiled_jailbreak():
             if pattern.search(candidate):
@@ -532,7 +684,6 @@ def check_jailbreak(text: str, policy: Policy, embedder: Embedder | None) -> Che
                 return Check(reason=f"extra pattern #{number}")
     if embedder is None or (policy._attack_vectors is None and policy._classifier is None):
         return Check()
-    normalised = normalise(text)
     segments = [*_segments(normalised), *payloads]
     windows: list[str] = []
     if policy.classifier is not None and policy._classifier is not None:
