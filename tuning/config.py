@@ -83,11 +83,18 @@ class TuneConfig:
 
     # sft: ops corrections, approved answers and the business-data folder.
     sft_max_steps: int = 20
+    # At most this many passes over the SFT rows (0: no cap). A night's corrections are a few dozen rows at most:
+    # 20 steps were 5-6 passes over the bench's 14, and the model learnt the ops' opening ("In <product>: ") so
+    # well that it put the product name into unrelated answers.
+    sft_max_epochs: float = 2.0
     sft_learning_rate: float = 1e-4
     sft_document_chunk_chars: int = 1500
 
     # prompt_tuning: a PEFT soft prompt trained with KTO on the thumbs, served through vLLM prompt embeddings.
     prompt_tuning_virtual_tokens: int = 8
+    # The soft prompt starts as the embeddings of this text (repeated or cut to the virtual tokens). Neutral on
+    # purpose: what users prefer must come from their votes, not from an instruction such as "answer concisely".
+    prompt_tuning_init_text: str = "You are a helpful assistant."
     prompt_tuning_max_steps: int = 20
     prompt_tuning_learning_rate: float = 3e-3
 

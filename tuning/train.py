@@ -8,6 +8,7 @@ extra saved modules or biases; the soft prompt also as a plain ``(virtual tokens
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ def trainer_args(config: TuneConfig, out: Path, max_steps: int, learning_rate: f
         "data_seed": config.seed,
         "disable_tqdm": False,
     }
+
+
+def epoch_capped_steps(max_steps: int, rows: int, epochs: float, config: TuneConfig) -> int:
+    """`max_steps`, but no more than `epochs` passes over `rows` (0 means no cap). A fixed step count over a small
+    nightly set is many passes over the same few answers: the model memorises their phrasing."""
+    if epochs <= 0:
+        return max_steps
+    # Under `accelerate launch` every rank takes its own batch per step.
+    per_step = config.batch_size * config.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    return max(1, min(max_steps, math.ceil(epochs * rows / per_step)))
 
 
 def load_tokenizer(base: Path) -> PreTrainedTokenizerBase:
@@ -267,7 +278,7 @@ def train_prompt_tuning(base: Path, rows: list[Row], config: TuneConfig, out: Pa
         task_type="CAUSAL_LM",
         num_virtual_tokens=config.prompt_tuning_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT,
-        prompt_tuning_init_text="Answer concisely and accurately.",
+        prompt_tuning_init_text=config.prompt_tuning_init_text,
         tokenizer_name_or_path=str(base),
     )
     trainer = _kto(
@@ -308,13 +319,14 @@ def train_sft(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dic
     if not rows:
         raise NotEnoughData("no corrections or approved answers in the training split, and no business data")
     tokenizer = load_tokenizer(base)
+    steps = epoch_capped_steps(config.sft_max_steps, len(rows), config.sft_max_epochs, config)
     trainer = SFTTrainer(
         model=str(base),
         args=SFTConfig(
             max_length=config.max_length,
             completion_only_loss=True,
             model_init_kwargs={"dtype": torch.float32},
-            **trainer_args(config, out, config.sft_max_steps, config.sft_learning_rate),
+            **trainer_args(config, out, steps, config.sft_learning_rate),
         ),
         train_dataset=Dataset.from_list(sft_rows(rows, tokenizer)),
         processing_class=tokenizer,

@@ -1,9 +1,12 @@
-"""What the trainers are fed: SFT learns the answers, not the prompts that lead to them."""
+"""What the trainers are fed: SFT learns the answers, not the prompts that lead to them, in a few passes."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import PREPARED_MODEL
-from tuning.train import load_tokenizer, sft_rows
+from tuning.config import TuneConfig
+from tuning.train import epoch_capped_steps, load_tokenizer, sft_rows
 
 SYSTEM = {"role": "system", "content": "You are the internal assistant."}
 
@@ -28,3 +31,17 @@ def test_sft_trains_on_the_answer_alone_with_the_chat_up_to_the_assistant_turn_a
 def test_a_business_document_is_learnt_in_full() -> None:
     (row,) = sft_rows([{"text": "# Handbook\n\nOffices open at 8."}], load_tokenizer(PREPARED_MODEL))
     assert row == {"prompt": "", "completion": "# Handbook\n\nOffices open at 8."}
+
+
+def test_sft_makes_at_most_sft_max_epochs_passes_over_a_small_nightly_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    config = TuneConfig(batch_size=4, sft_max_steps=20, sft_max_epochs=2.0)
+    # 20 corrections, 4 per step: 2 passes are 10 steps, not the 20 (4 passes) of sft_max_steps.
+    assert epoch_capped_steps(config.sft_max_steps, 20, config.sft_max_epochs, config) == 10
+    # A large set is bounded by sft_max_steps; a tiny one still gets a step; 0 turns the cap off.
+    assert epoch_capped_steps(config.sft_max_steps, 1000, config.sft_max_epochs, config) == 20
+    assert epoch_capped_steps(config.sft_max_steps, 1, config.sft_max_epochs, config) == 1
+    assert epoch_capped_steps(config.sft_max_steps, 20, 0, config) == 20
+    # Under `accelerate launch` each of the ranks takes its own batch per step.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert epoch_capped_steps(config.sft_max_steps, 20, config.sft_max_epochs, config) == 5
