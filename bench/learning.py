@@ -300,7 +300,10 @@ def main() -> None:
     parser.add_argument("--seed-max-tokens", type=int, default=64)
     parser.add_argument("--eval-max-tokens", type=int, default=64)
     parser.add_argument(
-        "--steps", type=int, default=20, help="steps of kto, sft, prompt tuning; twice as many for the RM"
+        "--steps",
+        type=int,
+        default=20,
+        help="steps of kto, sft (at most TuneConfig.sft_max_epochs passes), prompt tuning; twice as many for the RM",
     )
     # GRPO's budget: every other step generates (num_iterations 2), so 24 steps answer 24 prompts 4 times each.
     # With completions cut at 48-64 tokens the reward model only ever judged truncated answers: 16 steps at lr
