@@ -74,11 +74,10 @@ class Settings(BaseSettings):
         description="NeMo Guardrails config folder of the rails; reloaded by `ratchet rails reload` or SIGHUP.",
     )
     rails_speculative_generation: bool = Field(
-        False,
-        description="Start generating while the input rails check a question (a refused or rewritten one has that "
-        "generation aborted and thrown away). Pays off where vLLM has its own accelerator; off by default because "
-        "on a CPU-only host the check and vLLM's prefill compete for the same cores and bench/rails.py measured "
-        "it slower.",
+        True,
+        description="Start generating while the input rails check a question, hiding the check behind vLLM's "
+        "prefill; a question they refuse or rewrite has that generation aborted and thrown away. False: check, "
+        "then generate.",
     )
     export_max_pairs_per_prompt: int = Field(
         8, description="Most preference pairs a training export builds from the answers to one identical prompt."

@@ -42,13 +42,7 @@ def rails_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         data_dir,
         f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
         PREPARED_MODEL,
-        # Speculative generation (off by default) is on here, so every rail test also runs the path where vLLM
-        # already has the request when the rails decide; the rest of the suite covers the default.
-        {
-            "RATCHET_VLLM_URL": vllm_url,
-            "RATCHET_RAILS_CONFIG": str(rails_dir),
-            "RATCHET_RAILS_SPECULATIVE_GENERATION": "true",
-        },
+        {"RATCHET_VLLM_URL": vllm_url, "RATCHET_RAILS_CONFIG": str(rails_dir)},
     )
     try:
         wait_ready(server, 180)

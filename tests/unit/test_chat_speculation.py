@@ -110,16 +110,12 @@ class OneRails:
         self.current = rails
 
 
-def speculating(settings: Settings) -> Settings:
-    return settings.model_copy(update={"rails_speculative_generation": True})
-
-
 async def chat_service(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, engine: RecordingEngine, rails: ScriptedRails
 ) -> ChatService:
     router = ModelRouter(sessions, settings)
     await router.ensure_base_registered()
-    return ChatService(sessions, engine, router, speculating(settings), lambda: None, OneRails(rails))  # type: ignore[arg-type]
+    return ChatService(sessions, engine, router, settings, lambda: None, OneRails(rails))  # type: ignore[arg-type]
 
 
 async def principal(sessions: async_sessionmaker[AsyncSession]) -> Principal:
@@ -218,14 +214,13 @@ async def test_a_question_the_rails_rewrite_is_generated_again_from_the_rewrite(
     assert engine.cancelled == engine.requests[:1]
 
 
-async def test_by_default_the_model_is_asked_only_after_the_input_check(
+async def test_with_speculation_off_the_model_is_asked_only_after_the_input_check(
     sessions: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
     engine = RecordingEngine()
     rails = ScriptedRails(engine, Verdict.PASS)
-    router = ModelRouter(sessions, settings)
-    await router.ensure_base_registered()
-    service = ChatService(sessions, engine, router, settings, lambda: None, OneRails(rails))  # type: ignore[arg-type]
+    off = settings.model_copy(update={"rails_speculative_generation": False})
+    service = await chat_service(sessions, off, engine, rails)
     turn = await service.start_turn(await principal(sessions), ask("How do I reach the VPN?"), "api")
     await service.complete(turn)
     assert rails.sent_before_decision is False and len(engine.requests) == 1
