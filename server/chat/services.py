@@ -165,7 +165,9 @@ class ChatService:
                 turn.speculation, speculation = speculation, None
         finally:
             if speculation is not None:
-                await speculation.abandon()
+                # Shielded: a client gone mid-check must still close a stream the speculation already opened.
+                with anyio.CancelScope(shield=True):
+                    await speculation.abandon()
         return turn
 
     def _speculate(self, payload: dict[str, Any], stream: bool) -> Speculation[Any] | None:
