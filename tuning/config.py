@@ -67,6 +67,8 @@ class TuneConfig:
     rl_beta: float = 0.04
     rl_max_completion_length: int = 96
     rl_temperature: float = 0.8
+    # Leave completions cut at rl_max_completion_length out of the loss (TRL's mask_truncated_completions).
+    rl_mask_truncated_completions: bool = False
     rl_max_prompts: int = 64
     # The reward is rm_weight * reward model + rail_penalty when an output rail blocks + the length term.
     rl_rm_weight: float = 1.0
@@ -87,11 +89,15 @@ class TuneConfig:
     # 20 steps were 5-6 passes over the bench's 14, and the model learnt the ops' opening ("In <product>: ") so
     # well that it put the product name into unrelated answers.
     sft_max_epochs: float = 2.0
-    sft_learning_rate: float = 1e-4
+    # At 1e-4 even two passes leaked the product name into unrelated answers (bench/learning.py accuracy 0.900);
+    # 5e-5 kept 0.960 while still moving length and product-name rate, 2e-5 barely moved them.
+    sft_learning_rate: float = 5e-5
     sft_document_chunk_chars: int = 1500
 
     # prompt_tuning: a PEFT soft prompt trained with KTO on the thumbs, served through vLLM prompt embeddings.
-    prompt_tuning_virtual_tokens: int = 8
+    # 8 virtual tokens at lr 3e-3 cost 8 of the bench's known answers (accuracy 0.900); 4 kept 0.980 and still
+    # moved the product-name rate, while lr 1e-3 with 8 kept accuracy but moved nothing.
+    prompt_tuning_virtual_tokens: int = 4
     # The soft prompt starts as the embeddings of this text (repeated or cut to the virtual tokens). Neutral on
     # purpose: what users prefer must come from their votes, not from an instruction such as "answer concisely".
     prompt_tuning_init_text: str = "You are a helpful assistant."

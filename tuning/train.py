@@ -224,6 +224,7 @@ def train_rl(
             beta=config.rl_beta,
             max_completion_length=config.rl_max_completion_length,
             temperature=config.rl_temperature,
+            mask_truncated_completions=config.rl_mask_truncated_completions,
             reward_weights=[config.rl_rm_weight, 1.0, 1.0],
             model_init_kwargs={"dtype": torch.float32},
             **args,
