@@ -316,6 +316,9 @@ def main() -> None:
     parser.add_argument("--correction-share", type=float, default=0.5, help="down-voted answers ops correct")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the sampled answers, votes and corrections: another seed, other data"
+    )
+    parser.add_argument(
         "--continue-in",
         type=Path,
         help="the scratch dir of an earlier, interrupted benchmark: resume its nightly run and evaluate, no seeding",
@@ -340,8 +343,8 @@ def main() -> None:
         rl_max_completion_length=args.rl_max_tokens,
     )
     limit_resources(config)
-    torch.manual_seed(0)
-    random.seed(0)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
     generator = Generator(base)
     started = time.monotonic()
     database_url = f"sqlite+aiosqlite:///{work / 'ratchet.db'}"
