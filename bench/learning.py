@@ -305,13 +305,15 @@ def main() -> None:
         default=20,
         help="steps of kto, sft (at most TuneConfig.sft_max_epochs passes), prompt tuning; twice as many for the RM",
     )
-    # GRPO's budget: every other step generates (num_iterations 2), so 24 steps answer 24 prompts 4 times each.
-    # With completions cut at 48-64 tokens the reward model only ever judged truncated answers: 16 steps at lr
-    # 1e-4 moved nothing, 32 at 3e-4 moved the policy the wrong way. 128 tokens let a third of them finish.
-    parser.add_argument("--rl-steps", type=int, default=24)
-    parser.add_argument("--rl-learning-rate", type=float, default=1e-4)
+    # GRPO's budget defaults to TuneConfig's (see the comments there for what other budgets did).
+    defaults = TuneConfig()
+    parser.add_argument("--rl-steps", type=int, default=defaults.rl_max_steps)
+    parser.add_argument("--rl-learning-rate", type=float, default=defaults.rl_learning_rate)
     parser.add_argument(
-        "--rl-max-tokens", type=int, default=128, help="GRPO completion length (generation is its cost)"
+        "--rl-max-tokens",
+        type=int,
+        default=defaults.rl_max_completion_length,
+        help="GRPO completion length (generation is its cost)",
     )
     parser.add_argument("--correction-share", type=float, default=0.5, help="down-voted answers ops correct")
     parser.add_argument("--threads", type=int, default=2)
