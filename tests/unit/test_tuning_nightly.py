@@ -234,7 +234,7 @@ def test_nightly_trains_every_method_resumes_after_a_kill_and_then_skips(
         # What vLLM's runtime LoRA loading accepts: plain LoRA, no extra saved modules, no bias.
         assert adapter["peft_type"] == "LORA" and not adapter["modules_to_save"] and adapter["bias"] == "none"
     soft = load_file(Path(record["adapters"]["prompt_tuning"]) / "adapter_model.safetensors")["prompt_embeddings"]
-    assert tuple(soft.shape) == (8, 576)
+    assert tuple(soft.shape) == (config.prompt_tuning_virtual_tokens, 576)
     for stage in ("reward_model", *METHODS):
         history = json.loads((run_dir / "stages" / f"{stage}.json").read_text())["log_history"]
         assert any("loss" in entry for entry in history), stage
