@@ -14,7 +14,8 @@
      figure degenerate_rate                       (empty, looping, or repeating the system prompt)
    A candidate that got shorter by collapsing shows up as a high degenerate rate and a low accuracy ratio.
 
-Run: `nice -n 10 .venv/bin/python bench/learning.py` (about 40 minutes on 2 shared CPU cores; see --help for budgets).
+Run: `nice -n 10 .venv/bin/python bench/learning.py` (about 21 minutes on the quiet 2-core box, GRPO half of it; see
+--help for budgets and --seed for a differently seeded store).
 """
 
 from __future__ import annotations
@@ -294,7 +295,7 @@ def seed_and_train(args: argparse.Namespace, generator: Generator, settings: Set
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The defaults are the budget of the figures in docs/tuning.md: about 40 minutes on the shared 2-core box.
+    # The defaults are the budget of the figures in docs/tuning.md: about 21 minutes on the quiet 2-core box.
     parser.add_argument("--methods", default="kto,sft,prompt_tuning,rl")
     parser.add_argument("--samples-per-question", type=int, default=3)
     parser.add_argument("--seed-max-tokens", type=int, default=64)

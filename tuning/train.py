@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from tuning.config import TuneConfig
 
@@ -97,6 +97,9 @@ def train_reward_model(base: Path, pairs: list[Row], config: TuneConfig, out: Pa
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = load_tokenizer(base)
+    # The score head is initialised here, before the trainer seeds anything: without this its starting weights,
+    # and the held-out AUC with them, depended on whatever had drawn random numbers earlier in the process.
+    set_seed(config.seed)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     trainer = RewardTrainer(
