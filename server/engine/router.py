@@ -10,11 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.db.models import ModelAlias, ModelVersion
+from server.exceptions import NotFoundError
 from server.settings import Settings
 
 
-class UnknownModelError(LookupError):
-    pass
+class UnknownModelError(NotFoundError):
+    code = "model_not_found"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from server.db.models import (
     VoteReason,
     VoteValue,
 )
+from server.exceptions import NotFoundError
 from server.feedback.schemas import DeletedData, Vote
 from server.privacy.redaction import redact
 
@@ -83,12 +84,14 @@ _UPSERT_VOTE_WITH_HISTORY = text(
 _INSERT_HISTORY = _history.insert()
 
 
-class AnswerNotFoundError(LookupError):
+class AnswerNotFoundError(NotFoundError):
     """No such answer, or not the caller's to see."""
 
+    code = "answer_not_found"
 
-class UserNotFoundError(LookupError):
-    pass
+
+class UserNotFoundError(NotFoundError):
+    code = "user_not_found"
 
 
 def dialect_insert(session: AsyncSession) -> Any:

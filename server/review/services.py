@@ -27,6 +27,7 @@ from server.db.models import (
     VoteReason,
     VoteValue,
 )
+from server.exceptions import InvalidInputError, NotFoundError
 from server.feedback.services import dialect_insert
 from server.privacy.redaction import redact
 from server.review.schemas import (
@@ -43,12 +44,12 @@ from server.review.schemas import (
 FLAGGING_VERDICTS = ("block", "modify")
 
 
-class ReviewNotFoundError(LookupError):
-    pass
+class ReviewNotFoundError(NotFoundError):
+    code = "message_not_found"
 
 
-class InvalidDecisionError(ValueError):
-    pass
+class InvalidDecisionError(InvalidInputError):
+    code = "invalid_decision"
 
 
 @dataclass(frozen=True, slots=True)
