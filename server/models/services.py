@@ -1,5 +1,6 @@
-"""Maps the model a client asks for (an alias such as ``ratchet``, or a concrete version) to the version
-vLLM should run, splitting an alias's traffic to its canary when one is set."""
+"""The model registry: maps the model a client asks for (an alias such as ``ratchet``, or a concrete version) to
+the version vLLM should run, splitting an alias's traffic to its canary when one is set. The engine only carries
+the request; which version answers is decided here."""
 
 from __future__ import annotations
 
