@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import bindparam, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
@@ -92,11 +91,6 @@ class AnswerNotFoundError(NotFoundError):
 
 class UserNotFoundError(NotFoundError):
     code = "user_not_found"
-
-
-def dialect_insert(session: AsyncSession) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_update`` (both SQLite and PostgreSQL support upserts)."""
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
 
 
 class FeedbackService:
@@ -214,6 +208,12 @@ class UserDataService:
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+
+    async def delete_named_user_data(self, name: str) -> DeletedData:
+        user_id = await self._session.scalar(select(User.id).where(User.name == name))
+        if user_id is None:
+            raise UserNotFoundError(f"no user named {name!r}")
+        return await self.delete_user_data(user_id)
 
     async def delete_user_data(self, user_id: UUID) -> DeletedData:
         session = self._session

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from server.auth.services import Principal
+from server.db.engine import dialect_insert
 from server.db.models import (
     Message,
     MessageVote,
@@ -28,7 +29,6 @@ from server.db.models import (
     VoteValue,
 )
 from server.exceptions import InvalidInputError, NotFoundError
-from server.feedback.services import dialect_insert
 from server.privacy.redaction import redact
 from server.review.schemas import (
     DecisionView,
