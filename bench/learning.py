@@ -42,7 +42,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from bench.feedback_seed import Judged, seed
-from server.db.engine import build_db_config
+from server.db.engine import open_sessions
 from server.db.migrate import upgrade
 from server.settings import Settings, get_settings
 from tuning.config import TuneConfig
@@ -280,9 +280,8 @@ def seed_and_train(args: argparse.Namespace, generator: Generator, settings: Set
     upgrade(settings.resolved_database_url)
 
     async def fill() -> None:
-        db = build_db_config(settings)
-        await seed(db.create_session_maker(), items, system_prompt=SYSTEM_PROMPT)
-        await db.get_engine().dispose()
+        async with open_sessions(settings) as sessions:
+            await seed(sessions, items, system_prompt=SYSTEM_PROMPT)
 
     asyncio.run(fill())
 

@@ -29,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from bench.feedback_seed import Judged, seed
-from server.db.engine import build_db_config
+from server.db.engine import open_sessions
 from server.db.migrate import upgrade
 from server.settings import Settings, get_settings
 from tuning.config import METHODS, TuneConfig
@@ -65,9 +65,8 @@ def main() -> None:
     settings = Settings(data_dir=work, database_url=database_url, base_model=get_settings().base_model_dir.resolve())
 
     async def fill() -> None:
-        db = build_db_config(settings)
-        await seed(db.create_session_maker(), rows(args.rows))
-        await db.get_engine().dispose()
+        async with open_sessions(settings) as sessions:
+            await seed(sessions, rows(args.rows))
 
     asyncio.run(fill())
     steps = args.steps

@@ -21,10 +21,10 @@ from server.chat.services import ChatService, ConversationService
 from server.db.engine import build_db_config
 from server.engine.client import EngineClient
 from server.engine.launcher import EngineState, VllmLauncher
-from server.engine.router import ModelRouter
 from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
+from server.models.services import ModelRouter
 from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
 from server.review.controllers import ReviewController

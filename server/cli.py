@@ -15,6 +15,7 @@ from rich.table import Table
 
 from server.db.models import Role
 from server.exports.cli import data
+from server.feedback.cli import delete_user
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings
 from tuning.cli import tune
@@ -28,6 +29,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+data.add_command(delete_user)
 main.add_command(data)
 main.add_command(tune)
 main.add_command(rails_group)
@@ -79,13 +81,10 @@ def users() -> None:
 
 async def _create_user(settings: Settings, name: str, role: Role, label: str) -> str:
     from server.auth.services import UserService
-    from server.db.engine import build_db_config
+    from server.db.engine import open_sessions
 
-    config = build_db_config(settings)
-    try:
-        _, token = await UserService(config.create_session_maker()).create_user(name, role, label)
-    finally:
-        await config.get_engine().dispose()
+    async with open_sessions(settings) as sessions:
+        _, token = await UserService(sessions).create_user(name, role, label)
     return token
 
 

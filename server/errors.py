@@ -1,4 +1,6 @@
-"""Exception → response mapping. `/v1` routes answer in OpenAI's error shape; the rest in Litestar's."""
+"""Exception → response mapping, in one place. A domain raises its own `RatchetError` subclass, which says its
+status and code; this module answers it without knowing the domain. `/v1` routes answer in OpenAI's error shape,
+the rest in Litestar's."""
 
 from __future__ import annotations
 
@@ -9,9 +11,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from server.chat.services import ConversationNotFoundError, InvalidChatError
-from server.engine.client import EngineRejectedError, EngineUnavailableError
-from server.engine.router import UnknownModelError
+from server.exceptions import RatchetError
 from server.system import metrics
 
 log = logging.getLogger("ratchet.errors")
@@ -50,27 +50,17 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     return error_response(request, exc.status_code, exc.detail)
 
 
-def handle_domain_exception(request: Request[Any, Any, Any], exc: Exception) -> Response:
-    if isinstance(exc, EngineUnavailableError):
-        return error_response(request, 503, str(exc), "engine_unavailable")
-    if isinstance(exc, UnknownModelError):
-        return error_response(request, 404, str(exc), "model_not_found")
-    if isinstance(exc, ConversationNotFoundError):
-        return error_response(request, 404, str(exc), "conversation_not_found")
-    if isinstance(exc, EngineRejectedError):
-        return error_response(request, 400, f"The model server rejected the request: {exc}", "rejected")
-    if isinstance(exc, InvalidChatError):
-        return error_response(request, 400, str(exc), "invalid_messages")
-    log.exception("unhandled error on %s", request.url.path)
+def handle_ratchet_error(request: Request[Any, Any, Any], exc: RatchetError) -> Response:
+    return error_response(request, exc.status_code, str(exc), exc.code)
+
+
+def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return error_response(request, HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
 
 
 EXCEPTION_HANDLERS = {
     HTTPException: handle_http_exception,
-    EngineUnavailableError: handle_domain_exception,
-    EngineRejectedError: handle_domain_exception,
-    UnknownModelError: handle_domain_exception,
-    ConversationNotFoundError: handle_domain_exception,
-    InvalidChatError: handle_domain_exception,
-    Exception: handle_domain_exception,
+    RatchetError: handle_ratchet_error,
+    Exception: handle_unexpected_error,
 }

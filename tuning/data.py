@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from server.db.engine import build_db_config
+from server.db.engine import open_sessions
 from server.exports.services import KTO, PREFERENCE, REWARD, SFT, ExportFilters, ExportService, TrainingExport
 from server.settings import Settings
 from tuning.config import TuneConfig
@@ -23,13 +23,9 @@ Row = dict[str, Any]
 
 
 async def export_since(settings: Settings, since: datetime | None, until: datetime) -> TrainingExport:
-    config = build_db_config(settings)
-    try:
-        async with config.create_session_maker()() as session:
-            service = ExportService(session, settings.export_max_pairs_per_prompt)
-            return await service.build(ExportFilters(since=since, until=until))
-    finally:
-        await config.get_engine().dispose()
+    async with open_sessions(settings) as sessions, sessions() as session:
+        service = ExportService(session, settings.export_max_pairs_per_prompt)
+        return await service.build(ExportFilters(since=since, until=until))
 
 
 def read_jsonl(path: Path) -> list[Row]:

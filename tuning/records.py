@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.db.engine import build_db_config
+from server.db.engine import open_sessions
 from server.db.models import TuningRun
 from server.settings import Settings
 
@@ -24,12 +24,8 @@ class RunRecords:
 
     def _call(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async def run() -> T:
-            config = build_db_config(self._settings)
-            try:
-                async with config.create_session_maker()() as session, session.begin():
-                    return await work(session)
-            finally:
-                await config.get_engine().dispose()
+            async with open_sessions(self._settings) as sessions, sessions.begin() as session:
+                return await work(session)
 
         return asyncio.run(run())
 

@@ -22,7 +22,7 @@ from server.chat.schemas import (
 )
 from server.chat.services import ChatService, ConversationService, Turn
 from server.db.models import Channel
-from server.engine.router import ModelRouter
+from server.models.services import ModelRouter
 
 
 def provide_chat_service(state: State) -> ChatService:

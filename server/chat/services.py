@@ -24,7 +24,8 @@ from server.chat.schemas import ChatCompletionRequest, RatchetMetadata
 from server.chat.speculation import Speculation, open_stream
 from server.db.models import Conversation, Message, MessageStatus
 from server.engine.client import EngineClient, EngineRejectedError, EngineUnavailableError
-from server.engine.router import ModelRouter, Route
+from server.exceptions import InvalidInputError, NotFoundError
+from server.models.services import ModelRouter, Route
 from server.privacy.redaction import redact
 from server.rails.base import Rails, RailVerdict
 from server.rails.records import count_verdicts, store_verdicts
@@ -36,12 +37,12 @@ from server.system import metrics
 ROUTE = "/v1/chat/completions"
 
 
-class ConversationNotFoundError(LookupError):
-    pass
+class ConversationNotFoundError(NotFoundError):
+    code = "conversation_not_found"
 
 
-class InvalidChatError(ValueError):
-    pass
+class InvalidChatError(InvalidInputError):
+    code = "invalid_messages"
 
 
 class _Delta(msgspec.Struct):

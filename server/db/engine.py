@@ -1,7 +1,9 @@
-"""Database engine and session factory, with SQLite tuned for concurrent writers."""
+"""Database engine and session factories, with SQLite tuned for concurrent writers."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import (
@@ -10,6 +12,8 @@ from advanced_alchemy.extensions.litestar import (
     SQLAlchemyAsyncConfig,
 )
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.settings import Settings
 
@@ -46,3 +50,19 @@ def build_db_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     if is_sqlite:
         event.listen(config.get_engine().sync_engine, "connect", _sqlite_pragmas)
     return config
+
+
+@asynccontextmanager
+async def open_sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on an engine of their own, for work outside the app (CLI commands, the nightly job); the engine
+    and its connections are closed on exit."""
+    config = build_db_config(settings)
+    try:
+        yield config.create_session_maker()
+    finally:
+        await config.get_engine().dispose()
+
+
+def dialect_insert(session: AsyncSession) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_update`` (both SQLite and PostgreSQL support upserts)."""
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert

@@ -9,17 +9,23 @@ from typing import Any
 import httpx
 import msgspec
 
+from server.exceptions import InvalidInputError, UnavailableError
 
-class EngineUnavailableError(Exception):
+
+class EngineUnavailableError(UnavailableError):
     """vLLM cannot be reached or failed; the API answers 503 with this reason."""
 
+    code = "engine_unavailable"
 
-class EngineRejectedError(Exception):
+
+class EngineRejectedError(InvalidInputError):
     """vLLM refused the request as invalid (e.g. prompt too long); the API answers 400 with its message."""
 
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+    code = "rejected"
+
+    def __init__(self, message: str, engine_status_code: int) -> None:
+        super().__init__(f"The model server rejected the request: {message}")
+        self.engine_status_code = engine_status_code
 
 
 def _error_message(response: httpx.Response) -> str:

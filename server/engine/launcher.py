@@ -15,7 +15,6 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -99,16 +98,13 @@ def vllm_environment(settings: Settings) -> dict[str, str]:
 class VllmLauncher:
     """Owns one vLLM server process for the app's lifetime."""
 
-    def __init__(self, settings: Settings, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state = EngineState.STOPPED
         self.reason = "not started"
-        self.restarts = 0
         self.log_path = settings.data_dir / "logs" / "vllm.log"
-        self._on_ready = on_ready
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
         self._stopping = False
 
     @property
@@ -122,10 +118,6 @@ class VllmLauncher:
             )
         self._stopping = False
         self._task = asyncio.create_task(self._supervise(), name="vllm-supervisor")
-
-    async def wait_ready(self) -> None:
-        async with asyncio.timeout(self.settings.vllm_start_timeout_s):
-            await self._ready.wait()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -144,13 +136,9 @@ class VllmLauncher:
             became_ready = await self._wait_until_ready_or_exit()
             if became_ready:
                 self.state, self.reason = EngineState.READY, "ready"
-                self._ready.set()
                 log.info("vLLM ready (pid %s) after %.0f s", self.pid, time.monotonic() - started)
-                if self._on_ready:
-                    await self._on_ready()
             assert self._process is not None
             code = await self._process.wait()
-            self._ready.clear()
             if self._stopping:
                 return
             if time.monotonic() - started > STABLE_AFTER_S:
@@ -158,7 +146,6 @@ class VllmLauncher:
             self.state = EngineState.DOWN
             self.reason = f"vLLM exited with code {code}; restarting in {backoff:.0f} s (log: {self.log_path})"
             log.warning(self.reason)
-            self.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 

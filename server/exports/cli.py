@@ -1,4 +1,4 @@
-"""`ratchet data …`: export training data, delete a user's data."""
+"""`ratchet data export`: the training data as files (`ratchet data delete-user` is the feedback domain's)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from sqlalchemy import select
 
-from server.db.engine import build_db_config
-from server.db.models import User
+from server.db.engine import open_sessions
 from server.exports.services import ExportFilters, ExportService, TrainingExport
-from server.feedback.schemas import DeletedData
-from server.feedback.services import UserDataService
 from server.settings import Settings, get_settings
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
@@ -31,12 +27,8 @@ def data() -> None:
 
 
 async def _export(settings: Settings, filters: ExportFilters) -> TrainingExport:
-    config = build_db_config(settings)
-    try:
-        async with config.create_session_maker()() as session:
-            return await ExportService(session, settings.export_max_pairs_per_prompt).build(filters)
-    finally:
-        await config.get_engine().dispose()
+    async with open_sessions(settings) as sessions, sessions() as session:
+        return await ExportService(session, settings.export_max_pairs_per_prompt).build(filters)
 
 
 @data.command("export")
@@ -60,29 +52,3 @@ def export(since: datetime | None, until: datetime | None, model_version: str | 
     removed = ", ".join(f"{key} {count}" for key, count in result.manifest["removed"].items() if count)
     click.echo(f"removed by filters: {removed or 'none'}")
     click.echo(f"content hash {result.content_hash}")
-
-
-async def _delete(settings: Settings, name: str) -> DeletedData | None:
-    config = build_db_config(settings)
-    try:
-        async with config.create_session_maker()() as session:
-            user_id = await session.scalar(select(User.id).where(User.name == name))
-            if user_id is None:
-                return None
-            return await UserDataService(session).delete_user_data(user_id)
-    finally:
-        await config.get_engine().dispose()
-
-
-@data.command("delete-user")
-@click.argument("name")
-@click.confirmation_option(prompt="Delete all of this user's conversations, votes and what derives from them?")
-def delete_user(name: str) -> None:
-    """Delete a user's conversations, votes and everything derived from them (the account stays)."""
-    deleted = asyncio.run(_delete(get_settings(), name))
-    if deleted is None:
-        raise click.ClickException(f"no user named {name!r}")
-    click.echo(
-        f"deleted {deleted.conversations} conversations, {deleted.messages} messages, {deleted.votes} votes, "
-        f"{deleted.vote_history} vote changes, {deleted.review_flags} flags, {deleted.review_decisions} decisions"
-    )

@@ -8,14 +8,13 @@ from uuid import UUID
 from litestar import Controller, Request, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import NotFoundException
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.chat.services import ChatService
 from server.db.models import Message, Role
 from server.feedback.schemas import DeletedData, RegeneratedAnswer, Vote, VoteInput
-from server.feedback.services import AnswerNotFoundError, FeedbackService, UserDataService, UserNotFoundError
+from server.feedback.services import FeedbackService, UserDataService
 
 
 def provide_feedback_service(state: State) -> FeedbackService:
@@ -59,28 +58,19 @@ class FeedbackController(Controller):
     ) -> Vote:
         """Thumbs `up` or `down` with optional reasons and comment. One current vote per user and answer; the last
         write wins and every change is kept. 404 if the answer is not the caller's; 400 for any other value."""
-        try:
-            return await feedback_service.set_vote(request.user, message_id, data.value, data.reasons, data.comment)
-        except AnswerNotFoundError as error:
-            raise NotFoundException(str(error)) from error
+        return await feedback_service.set_vote(request.user, message_id, data.value, data.reasons, data.comment)
 
     @delete("/feedback", summary="Withdraw the caller's vote on an answer", status_code=204)
     async def withdraw_vote(
         self, request: Request[Any, Any, Any], message_id: UUID, feedback_service: FeedbackService
     ) -> None:
-        try:
-            await feedback_service.withdraw_vote(request.user, message_id)
-        except AnswerNotFoundError as error:
-            raise NotFoundException(str(error)) from error
+        await feedback_service.withdraw_vote(request.user, message_id)
 
     @get("/feedback", summary="The caller's current vote on an answer")
     async def get_vote(
         self, request: Request[Any, Any, Any], message_id: UUID, feedback_service: FeedbackService
     ) -> Vote:
-        try:
-            return await feedback_service.get_vote(request.user, message_id)
-        except AnswerNotFoundError as error:
-            raise NotFoundException(str(error)) from error
+        return await feedback_service.get_vote(request.user, message_id)
 
     @post("/regenerate", summary="Generate a new answer to the same context", status_code=201)
     async def regenerate(
@@ -111,7 +101,4 @@ class UserDataController(Controller):
         status_code=200,
     )
     async def delete_user_data(self, user_id: UUID, user_data_service: UserDataService) -> DeletedData:
-        try:
-            return await user_data_service.delete_user_data(user_id)
-        except UserNotFoundError as error:
-            raise NotFoundException(str(error)) from error
+        return await user_data_service.delete_user_data(user_id)

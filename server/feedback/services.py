@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import bindparam, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
@@ -33,6 +32,7 @@ from server.db.models import (
     VoteReason,
     VoteValue,
 )
+from server.exceptions import NotFoundError
 from server.feedback.schemas import DeletedData, Vote
 from server.privacy.redaction import redact
 
@@ -83,17 +83,14 @@ _UPSERT_VOTE_WITH_HISTORY = text(
 _INSERT_HISTORY = _history.insert()
 
 
-class AnswerNotFoundError(LookupError):
+class AnswerNotFoundError(NotFoundError):
     """No such answer, or not the caller's to see."""
 
-
-class UserNotFoundError(LookupError):
-    pass
+    code = "answer_not_found"
 
 
-def dialect_insert(session: AsyncSession) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_update`` (both SQLite and PostgreSQL support upserts)."""
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+class UserNotFoundError(NotFoundError):
+    code = "user_not_found"
 
 
 class FeedbackService:
@@ -211,6 +208,12 @@ class UserDataService:
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+
+    async def delete_named_user_data(self, name: str) -> DeletedData:
+        user_id = await self._session.scalar(select(User.id).where(User.name == name))
+        if user_id is None:
+            raise UserNotFoundError(f"no user named {name!r}")
+        return await self.delete_user_data(user_id)
 
     async def delete_user_data(self, user_id: UUID) -> DeletedData:
         session = self._session

@@ -7,6 +7,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from server.exceptions import RatchetError
+
 
 class Verdict(enum.StrEnum):
     PASS = "pass"
@@ -21,6 +23,16 @@ class Direction(enum.StrEnum):
 
 class RailsConfigError(ValueError):
     """A rails config that does not load; the message says why."""
+
+
+class RailsReloadRefusedError(RailsConfigError, RatchetError):
+    """A reload that did not happen: the rails that were serving still serve."""
+
+    status_code = 422
+    code = "rails_config_refused"
+
+    def __init__(self, serving: str | None, reason: str | RailsConfigError) -> None:
+        super().__init__(f"Rails config refused, still serving {serving}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

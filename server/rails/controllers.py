@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from litestar import Controller, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 
 from server.auth.guards import requires_role
 from server.db.models import Role
-from server.rails.base import RailsConfigError
 from server.rails.registry import RailsRegistry
 
 
@@ -28,10 +26,5 @@ class RailsController(Controller):
         A malformed config answers 422 with the reason, and the previous config keeps serving."""
         registry: RailsRegistry = state.rails
         previous = registry.version
-        try:
-            version = await registry.reload()
-        except RailsConfigError as error:
-            raise HTTPException(
-                status_code=422, detail=f"Rails config refused, still serving {previous}: {error}"
-            ) from error
+        version = await registry.reload()
         return {"config": str(registry.config_dir), "version": version, "previous": previous}

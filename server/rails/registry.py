@@ -10,7 +10,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from server.rails.base import Rails, RailsConfigError
+from server.rails.base import Rails, RailsConfigError, RailsReloadRefusedError
 from server.system import metrics
 
 log = logging.getLogger("ratchet.rails")
@@ -39,16 +39,16 @@ class RailsRegistry:
             log.info("rails %s loaded from %s", self.current.version, self.config_dir)
 
     async def reload(self) -> str:
-        """Load the config folder again; raises `RailsConfigError` (old rails kept) if it does not load."""
+        """Load the config folder again; raises `RailsReloadRefusedError` (old rails kept) if it does not load."""
         if not self.enabled:
-            raise RailsConfigError("the rails are turned off (RATCHET_RAILS_ENABLED=false)")
+            raise RailsReloadRefusedError(self.version, "the rails are turned off (RATCHET_RAILS_ENABLED=false)")
         async with self._lock:
             try:
                 fresh = await asyncio.to_thread(load_rails, self.config_dir)
             except RailsConfigError as error:
                 metrics.RAIL_RELOADS.labels("refused").inc()
                 log.error("rails reload refused, still serving %s: %s", self.version, error)
-                raise
+                raise RailsReloadRefusedError(self.version, error) from error
             old, self.current = self.current, fresh
             metrics.RAIL_RELOADS.labels("loaded").inc()
             log.info("rails %s loaded from %s (was %s)", fresh.version, self.config_dir, old and old.version)

@@ -8,14 +8,14 @@ from uuid import UUID
 
 from litestar import Controller, Request, get, post
 from litestar.di import Provide
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import ClientException
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.db.models import Channel, Role, VoteReason
 from server.review.schemas import DecisionInput, FlagInput, ReviewItem, ReviewPage, ReviewSource, ReviewStatus
-from server.review.services import InvalidDecisionError, QueueFilters, ReviewNotFoundError, ReviewService
+from server.review.services import QueueFilters, ReviewService
 
 
 def provide_review_service(db_session: AsyncSession) -> ReviewService:
@@ -50,26 +50,15 @@ class ReviewController(Controller):
 
     @get("/items/{message_id:uuid}", summary="One message with its signals and the full decision audit trail")
     async def get_item(self, message_id: UUID, review_service: ReviewService) -> ReviewItem:
-        try:
-            return await review_service.item(message_id)
-        except ReviewNotFoundError as error:
-            raise NotFoundException(str(error)) from error
+        return await review_service.item(message_id)
 
     @post("/items/{message_id:uuid}/decisions", summary="Approve, reject (exclude from training) or correct")
     async def decide(
         self, request: Request[Any, Any, Any], message_id: UUID, data: DecisionInput, review_service: ReviewService
     ) -> ReviewItem:
         """Appends an attributed decision to the audit trail and sets the message's training state."""
-        try:
-            return await review_service.decide(request.user, message_id, data.decision, data.correction, data.note)
-        except ReviewNotFoundError as error:
-            raise NotFoundException(str(error)) from error
-        except InvalidDecisionError as error:
-            raise ClientException(str(error)) from error
+        return await review_service.decide(request.user, message_id, data.decision, data.correction, data.note)
 
     @post("/flags", summary="Put a message in the queue by hand")
     async def flag(self, request: Request[Any, Any, Any], data: FlagInput, review_service: ReviewService) -> ReviewItem:
-        try:
-            return await review_service.flag(request.user, data.message_id, data.note)
-        except ReviewNotFoundError as error:
-            raise NotFoundException(str(error)) from error
+        return await review_service.flag(request.user, data.message_id, data.note)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from server.auth.services import Principal
+from server.db.engine import dialect_insert
 from server.db.models import (
     Message,
     MessageVote,
@@ -27,7 +28,7 @@ from server.db.models import (
     VoteReason,
     VoteValue,
 )
-from server.feedback.services import dialect_insert
+from server.exceptions import InvalidInputError, NotFoundError
 from server.privacy.redaction import redact
 from server.review.schemas import (
     DecisionView,
@@ -43,12 +44,12 @@ from server.review.schemas import (
 FLAGGING_VERDICTS = ("block", "modify")
 
 
-class ReviewNotFoundError(LookupError):
-    pass
+class ReviewNotFoundError(NotFoundError):
+    code = "message_not_found"
 
 
-class InvalidDecisionError(ValueError):
-    pass
+class InvalidDecisionError(InvalidInputError):
+    code = "invalid_decision"
 
 
 @dataclass(frozen=True, slots=True)

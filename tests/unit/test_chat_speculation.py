@@ -22,7 +22,7 @@ from server.chat.schemas import ChatCompletionRequest
 from server.chat.services import ChatService
 from server.db.models import Message, MessageStatus, Role
 from server.engine.client import EngineClient
-from server.engine.router import ModelRouter
+from server.models.services import ModelRouter
 from server.rails.base import Direction, RailsResult, RailVerdict, Verdict
 from server.settings import Settings
 

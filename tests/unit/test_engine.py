@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.db.models import ModelAlias, ModelVersion
 from server.engine.launcher import vllm_command, vllm_environment
-from server.engine.router import ModelRouter, UnknownModelError
+from server.models.services import ModelRouter, UnknownModelError
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
 from tuning.base_model import prepare_base_model

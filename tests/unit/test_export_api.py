@@ -255,3 +255,22 @@ async def test_admin_deletes_a_users_data_on_their_behalf_and_nobody_else_can(
     assert await count(sessions, Message, Message.user_id == seeded.people["alice"].id) == 7
     missing = await client.delete(f"/api/users/{uuid.uuid4()}/data", headers=seeded.people["root"].headers)
     assert missing.status_code == 404
+
+
+async def test_cli_delete_user_removes_that_users_data_and_refuses_an_unknown_name(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, tmp_path: Path
+) -> None:
+    seeded = await seeded_with_admin(sessions)
+    env = {**os.environ, "RATCHET_DATABASE_URL": settings.database_url, "RATCHET_DATA_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "server.cli", "data", "delete-user"]
+    messages = await count(sessions, Message)
+
+    unknown = await anyio.run_process([*command, "nobody", "--yes"], env=env, check=False)
+    assert unknown.returncode != 0 and "no user named 'nobody'" in unknown.stderr.decode()
+    assert await count(sessions, Message) == messages
+
+    result = await anyio.run_process([*command, "bob", "--yes"], env=env, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert "4 messages" in result.stdout.decode()
+    assert await count(sessions, Message, Message.user_id == seeded.people["bob"].id) == 0
+    assert await count(sessions, Message) == messages - 4

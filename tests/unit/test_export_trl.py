@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
-from server.db.engine import build_db_config
+from server.db.engine import open_sessions
 from server.db.migrate import upgrade
 from server.exports.services import ExportFilters, ExportService
 from server.settings import Settings
@@ -58,13 +58,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     upgrade(url)
 
     async def build() -> None:
-        config = build_db_config(Settings(data_dir=directory, database_url=url))
-        try:
-            await seed_realistic_store(config.create_session_maker())
-            async with config.create_session_maker()() as session:
+        async with open_sessions(Settings(data_dir=directory, database_url=url)) as sessions:
+            await seed_realistic_store(sessions)
+            async with sessions() as session:
                 export = await ExportService(session, max_pairs_per_prompt=8).build(ExportFilters())
-        finally:
-            await config.get_engine().dispose()
         export.write(directory / "export")
 
     asyncio.run(build())

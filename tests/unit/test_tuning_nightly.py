@@ -25,7 +25,7 @@ import pytest
 from safetensors.torch import load_file
 
 from bench.feedback_seed import Judged, seed
-from server.db.engine import build_db_config
+from server.db.engine import open_sessions
 from server.db.migrate import upgrade
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
@@ -146,9 +146,8 @@ def seeded(tmp_path: Path, items: list[Judged]) -> Settings:
     settings = Settings(data_dir=tmp_path, database_url=database_url, base_model=PREPARED_MODEL)
 
     async def fill() -> None:
-        config = build_db_config(settings)
-        await seed(config.create_session_maker(), items)
-        await config.get_engine().dispose()
+        async with open_sessions(settings) as sessions:
+            await seed(sessions, items)
 
     asyncio.run(fill())
     return settings

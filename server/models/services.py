@@ -1,5 +1,6 @@
-"""Maps the model a client asks for (an alias such as ``ratchet``, or a concrete version) to the version
-vLLM should run, splitting an alias's traffic to its canary when one is set."""
+"""The model registry: maps the model a client asks for (an alias such as ``ratchet``, or a concrete version) to
+the version vLLM should run, splitting an alias's traffic to its canary when one is set. The engine only carries
+the request; which version answers is decided here."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.db.models import ModelAlias, ModelVersion
+from server.exceptions import NotFoundError
 from server.settings import Settings
 
 
-class UnknownModelError(LookupError):
-    pass
+class UnknownModelError(NotFoundError):
+    code = "model_not_found"
 
 
 @dataclass(frozen=True, slots=True)
