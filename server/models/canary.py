@@ -35,6 +35,7 @@ from server.exceptions import InvalidInputError
 
 Value = float | npt.NDArray[np.float64]
 Flag = bool | npt.NDArray[np.bool_]
+Counts = npt.NDArray[np.float64] | npt.NDArray[np.int64]
 
 
 class InvalidCanaryInputError(InvalidInputError):
@@ -178,24 +179,25 @@ class WeightedTally:
     @classmethod
     def from_user_counts(cls, counts: Iterable[tuple[int, int]], cap: int) -> WeightedTally:
         """From (trials, hits) per user."""
-        sums = [0.0] * 6
-        for trials, hits in counts:
-            if trials == 0:
-                continue
-            weight = min(1.0, cap / trials)
-            weighted_trials, weighted_hits = weight * trials, weight * hits
-            for index, term in enumerate(
-                (
-                    1.0,
-                    weighted_trials,
-                    weighted_hits,
-                    weighted_hits**2,
-                    weighted_hits * weighted_trials,
-                    weighted_trials**2,
-                )
-            ):
-                sums[index] += term
-        return cls(*sums)
+        trials, hits = np.array(list(counts), dtype=np.float64).reshape(-1, 2).T
+        return cls(*weighted_terms(trials, hits, cap).sum(axis=-1))
+
+
+def weighted_terms(trials: Counts, hits: Counts, cap: int) -> npt.NDArray[np.float64]:
+    """Each user's terms of WeightedTally's sums, stacked on a new first axis in the order of its fields (a user
+    with no trials adds nothing)."""
+    weight = np.minimum(1.0, cap / np.maximum(trials, 1))
+    weighted_trials, weighted_hits = weight * trials, weight * hits
+    return np.stack(
+        [
+            (trials > 0).astype(np.float64),
+            weighted_trials,
+            weighted_hits,
+            weighted_hits**2,
+            weighted_hits * weighted_trials,
+            weighted_trials**2,
+        ]
+    )
 
 
 def rate_and_variance(tally: WeightedTally) -> tuple[Value, Value]:
@@ -244,7 +246,10 @@ def bound_distance(variance: float, alpha: float, mixture_sd: float) -> float | 
     t = mixture_sd**2
     threshold = math.log(1 / alpha)
     two_sided = math.sqrt(variance * (variance + t) / t * (2 * threshold + math.log1p(t / variance)))
-    return brentq(lambda excess: float(log_evidence(excess, variance, mixture_sd)) - threshold, 0.0, two_sided)
+    # To a millionth of a point: the bound is for people to read.
+    return brentq(
+        lambda excess: float(log_evidence(excess, variance, mixture_sd)) - threshold, 0.0, two_sided, xtol=1e-8
+    )
 
 
 @dataclass(frozen=True)
