@@ -128,7 +128,9 @@ class UserRequests:
 
 @dataclass(frozen=True)
 class ArmStats:
-    """What one arm (the active version or the candidate) got during the canary, per user."""
+    """What one arm (the active version or the candidate) got during the canary, per user: for the registry, one
+    GROUP BY user over the answers that version gave, counting current votes (a changed vote once, a withdrawn one
+    not at all)."""
 
     votes: Mapping[Hashable, UserVotes] = field(default_factory=dict)
     requests: Mapping[Hashable, UserRequests] = field(default_factory=dict)
@@ -218,14 +220,17 @@ def log_evidence(excess: Value, variance: Value, mixture_sd: float) -> Value:
     estimate - excess", for an estimate with this variance. Rejecting when it reaches log(1/alpha) errs with
     probability at most alpha however often it is checked (Ville's inequality).
 
-    The difference of two arms' rates, seen in information time v = 1/variance, is Brownian motion with drift
-    (the canonical joint distribution; Jennison & Turnbull 2000, Group Sequential Methods, ch. 11, which holds for
-    any allocation between the arms). Mixing exp(λS - λ²v/2) over a half-normal λ ≥ 0 with precision rho = 1/τ²
-    (τ = mixture_sd) gives, with S = excess / variance (Robbins 1970; the one-sided normal mixture of Howard,
-    Ramdas, McAuliffe & Sekhon 2021, Ann. Statist. 49(2), as in confseq's OneSidedNormalMixture):
+    With v = 1/variance the information so far, S = excess / variance is, in the normal limit, Brownian motion in
+    v with drift (true difference - null): the canonical joint distribution, which the difference of two rates
+    follows however the votes fall between the arms (Jennison & Turnbull 2000, Group Sequential Methods, ch. 11).
+    Mixing exp(λS - λ²v/2) over a half-normal λ ≥ 0 with precision rho = 1/τ² (τ = mixture_sd) gives (Robbins
+    1970; the one-sided normal mixture of Howard, Ramdas, McAuliffe & Sekhon 2021, Ann. Statist. 49(2), as in
+    confseq's OneSidedNormalMixture):
         M = 2 √(rho / (v + rho)) · exp(S² / (2(v + rho))) · Φ(S / √(v + rho))
-    written below with a = variance, t = τ². A supermartingale under every difference at or below the null's, so
-    the test is valid for the composite null. The two-sided version is Johari et al.'s mSPRT (Oper. Res. 2022)."""
+    written below with a = variance, t = τ². It is a supermartingale whenever the true difference is at or below
+    the null's, so the test holds for that whole composite null. The two-sided version is Johari et al.'s mSPRT
+    (Oper. Res. 2022). The variance is estimated, and votes are not Gaussian: bench/canary.py checks the error
+    rates by simulation."""
     a = variance
     t = mixture_sd**2
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -252,6 +257,12 @@ def bound_distance(variance: float, alpha: float, mixture_sd: float) -> float | 
     )
 
 
+def _enough(active: WeightedTally, candidate: WeightedTally, min_weight: int, min_users: int) -> Flag:
+    return (np.minimum(active.trials, candidate.trials) >= min_weight) & (
+        np.minimum(active.users, candidate.users) >= min_users
+    )
+
+
 @dataclass(frozen=True)
 class VoteEvidence:
     enough: Flag  # both arms have the minimum weighted votes and users
@@ -264,10 +275,7 @@ def judge_votes(active: WeightedTally, candidate: WeightedTally, policy: CanaryP
     candidate_rate, candidate_variance = rate_and_variance(candidate)
     difference = candidate_rate - active_rate
     variance = active_variance + candidate_variance
-    enough = (
-        (np.minimum(active.trials, candidate.trials) >= policy.min_votes_per_arm)
-        & (np.minimum(active.users, candidate.users) >= policy.min_users_per_arm)
-    )  # fmt: skip
+    enough = _enough(active, candidate, policy.min_votes_per_arm, policy.min_users_per_arm)
     with np.errstate(invalid="ignore"):
         worse = log_evidence(-difference, variance, policy.mixture_sd) >= math.log(1 / policy.alpha_rollback)
         not_worse = log_evidence(difference + policy.margin, variance, policy.mixture_sd) >= math.log(
@@ -283,10 +291,7 @@ def judge_rate_increase(
     errors, at alpha_guardrail."""
     active_rate, active_variance = rate_and_variance(active)
     candidate_rate, candidate_variance = rate_and_variance(candidate)
-    enough = (
-        (np.minimum(active.trials, candidate.trials) >= policy.min_requests_per_arm)
-        & (np.minimum(active.users, candidate.users) >= policy.min_users_per_arm)
-    )  # fmt: skip
+    enough = _enough(active, candidate, policy.min_requests_per_arm, policy.min_users_per_arm)
     with np.errstate(invalid="ignore"):
         higher = log_evidence(
             candidate_rate - active_rate - tolerance, active_variance + candidate_variance, policy.rate_mixture_sd
