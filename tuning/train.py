@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
+from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from tuning.config import TuneConfig
@@ -150,8 +151,8 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     """Probability that a random positive outscores a random negative (ties count half): the ROC AUC."""
     if not positives or not negatives:
         return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
+    labels = [1] * len(positives) + [0] * len(negatives)
+    return float(roc_auc_score(labels, [*positives, *negatives]))
 
 
 def evaluate_reward_model(model_dir: Path, pairs: list[Row], pointwise: list[Row], max_length: int) -> dict[str, Any]:

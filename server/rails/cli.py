@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import httpx
+import numpy as np
 
 from server.rails.base import Rails, RailsConfigError
 from server.settings import get_settings
@@ -141,6 +142,5 @@ def profile_command(config_dir: Path | None, rounds: int) -> None:
         return times
 
     for name, values in asyncio.run(run()).items():
-        values.sort()
-        p50, p95 = values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.95))]
+        p50, p95 = np.percentile(values, [50, 95], method="nearest")
         click.echo(f"rail_ms[{name}] p50 {p50:.2f} p95 {p95:.2f}")
