@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.stats import p95
 from server.db.models import Message, RailEvent
 from server.settings import get_settings
-from server.testing import LiveServer, free_port, start_server, stop_server, wait_ready
+from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant for the company's employees."}
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.testing import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
 from tests.conftest import PREPARED_MODEL, scratch_postgres_database
+from tests.live_server import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
 
 READY_TIMEOUT_S = 900
 

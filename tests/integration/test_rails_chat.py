@@ -21,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.db.models import RailEvent
-from server.testing import LiveServer, start_server, stop_server, stored_message, wait_ready
 from tests.conftest import PREPARED_MODEL
+from tests.live_server import LiveServer, start_server, stop_server, stored_message, wait_ready
 from tests.unit.rails_fixtures import copy_rails
 
 pytestmark = pytest.mark.integration

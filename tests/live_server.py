@@ -1,4 +1,7 @@
-"""Run a real Ratchet server (`ratchet serve` as a subprocess) for integration tests and benchmarks."""
+"""Run a real Ratchet server (`ratchet serve` as a subprocess) for integration tests and benchmarks.
+
+Not part of the shipped package: benches import it as `tests.live_server`, run from a checkout (they put its root on
+sys.path)."""
 
 from __future__ import annotations
 
