@@ -175,12 +175,10 @@ def evaluate_reward_model(model_dir: Path, pairs: list[Row], pointwise: list[Row
 def rail_penalty_reward(rails_dir: Path, penalty: float) -> Callable[..., list[float]]:
     """`penalty` for every completion our own output rails would block (a private key, control tokens, a
     configured term, the system prompt repeated), 0 otherwise: the same check the server applies to answers."""
-    import yaml
+    from server.rails.checks import check_output_policy
+    from server.rails.policy import load_policy
 
-    from server.rails.checks import Policy, check_output_policy
-
-    custom = yaml.safe_load((rails_dir / "config.yml").read_text()).get("custom_data", {})
-    policy = Policy.from_config(custom, rails_dir)
+    policy = load_policy(rails_dir)
 
     def rail_penalty(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         rewards = []

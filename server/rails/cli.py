@@ -54,7 +54,7 @@ def _load(path: Path) -> Rails:
     from server.rails.registry import load_rails
 
     try:
-        return load_rails(path)
+        return load_rails(path, get_settings().data_dir)
     except RailsConfigError as error:
         raise click.ClickException(str(error)) from error
 
@@ -62,7 +62,8 @@ def _load(path: Path) -> Rails:
 @rails.command("check")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 def check(path: Path | None) -> None:
-    """Validate a rails config folder (default RATCHET_RAILS_CONFIG) without touching the server."""
+    """Validate a rails config folder (default RATCHET_RAILS_CONFIG) without touching the server. Fits the jailbreak
+    classifier into the data dir when its training texts changed, so the server's next load does not have to."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     loaded = _load(path or get_settings().rails_config)
     click.echo(f"ok: {loaded.version}")
