@@ -217,6 +217,8 @@ def main() -> None:
             )
             servers.append(off)
             wait_ready(off, 900)
+            # The jailbreak classifier fitted in this checkout's data dir, else by the first rails app (once).
+            fitted = settings.data_dir
             for name, speculative in (("on", "true"), ("check_first", "false")):
                 server = start_server(
                     root / name,
@@ -227,9 +229,11 @@ def main() -> None:
                         "RATCHET_RAILS_ENABLED": "true",
                         "RATCHET_RAILS_SPECULATIVE_GENERATION": speculative,
                     },
+                    classifier_from=fitted,
                 )
                 servers.append(server)
-                wait_ready(server, 300)
+                wait_ready(server, 600)
+                fitted = root / name
             asyncio.run(run({"off": off, "on": servers[1], "check_first": servers[2]}, args))
         finally:
             for server in reversed(servers):

@@ -161,6 +161,7 @@ def main() -> None:
                 "RATCHET_LOG_LEVEL": "warning",
                 "RATCHET_RAILS_ENABLED": str(args.rails).lower(),
             },
+            classifier_from=settings.data_dir,
         )
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)
