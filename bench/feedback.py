@@ -40,7 +40,7 @@ from server.db.migrate import upgrade
 from server.db.models import Conversation, Message, MessageVote, Role, VoteHistory, VoteValue
 from server.feedback.services import FeedbackService
 from server.settings import Settings
-from server.testing import free_port
+from tests.live_server import free_port
 
 POSTGRES_DSN = os.environ.get("RATCHET_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 UNREACHABLE_VLLM = "http://127.0.0.1:9"

@@ -12,11 +12,9 @@ Run: `.venv/bin/python bench/learning_variant.py RUN_DIR sft sft_learning_rate=5
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench.learning import Generator, evaluate, ratio
 from server.settings import get_settings
 from tuning import train
-from tuning.config import TuneConfig, _parse
+from tuning.config import TuneConfig
 from tuning.data import Datasets
 from tuning.nightly import limit_resources
 
@@ -36,13 +34,11 @@ STAGES = ("reward_model", "rl", "kto", "sft", "prompt_tuning")
 
 def overridden(run_dir: Path, overrides: list[str]) -> TuneConfig:
     values = json.loads((run_dir / "run.json").read_text())["config"]
-    hints = typing.get_type_hints(TuneConfig)
-    names = {item.name for item in dataclasses.fields(TuneConfig)}
     for override in overrides:
         name, _, raw = override.partition("=")
-        if name not in names:
+        if name not in TuneConfig.model_fields:
             sys.exit(f"unknown setting {name!r}")
-        values[name] = _parse(raw, hints[name])
+        values[name] = raw  # parsed as its env var would be
     return TuneConfig(**values)
 
 

@@ -30,9 +30,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stats import p95
 from server.db.models import Message, RailEvent
 from server.settings import get_settings
-from server.testing import LiveServer, free_port, start_server, stop_server, wait_ready
+from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant for the company's employees."}
 
@@ -75,11 +76,6 @@ async def timed_stream(
                 first = time.perf_counter() - started
     total = time.perf_counter() - started
     return (first if first is not None else total), total
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def paired(
@@ -161,17 +157,17 @@ async def run(servers: dict[str, LiveServer], args: argparse.Namespace) -> None:
         health_on, health_off = health["on"], health["off"]
     for name, suffix in (("on", ""), ("check_first", "_check_first")):
         print(f"rails_overhead_ms_p50{suffix} {statistics.median(request_overheads[name]):.1f}")
-        print(f"rails_overhead_ms_p95{suffix} {percentile(request_overheads[name], 0.95):.1f}")
+        print(f"rails_overhead_ms_p95{suffix} {p95(request_overheads[name]):.1f}")
         print(f"rails_stream_ttft_overhead_ms_p50{suffix} {statistics.median(ttft_overheads[name]):.1f}")
-        print(f"rails_stream_ttft_overhead_ms_p95{suffix} {percentile(ttft_overheads[name], 0.95):.1f}")
+        print(f"rails_stream_ttft_overhead_ms_p95{suffix} {p95(ttft_overheads[name]):.1f}")
     print(f"throughput_rps_rails {rps_on:.3f}")
     print(f"throughput_rps_none {rps_off:.3f}")
     print(f"ratio throughput_rails_vs_none {rps_on / rps_off:.3f}")
-    print(f"healthz_ms_p95_under_load_rails {percentile(health_on, 0.95):.1f}")
-    print(f"healthz_ms_p95_under_load_none {percentile(health_off, 0.95):.1f}")
+    print(f"healthz_ms_p95_under_load_rails {p95(health_on):.1f}")
+    print(f"healthz_ms_p95_under_load_none {p95(health_off):.1f}")
     per_turn = await rail_time_per_turn(on)
     print(f"rails_time_per_turn_ms_p50 {statistics.median(per_turn):.1f}")
-    print(f"rails_time_per_turn_ms_p95 {percentile(per_turn, 0.95):.1f}")
+    print(f"rails_time_per_turn_ms_p95 {p95(per_turn):.1f}")
 
 
 async def rail_time_per_turn(server: LiveServer) -> list[float]:
@@ -221,6 +217,8 @@ def main() -> None:
             )
             servers.append(off)
             wait_ready(off, 900)
+            # The jailbreak classifier fitted in this checkout's data dir, else by the first rails app (once).
+            fitted = settings.data_dir
             for name, speculative in (("on", "true"), ("check_first", "false")):
                 server = start_server(
                     root / name,
@@ -231,9 +229,11 @@ def main() -> None:
                         "RATCHET_RAILS_ENABLED": "true",
                         "RATCHET_RAILS_SPECULATIVE_GENERATION": speculative,
                     },
+                    classifier_from=fitted,
                 )
                 servers.append(server)
-                wait_ready(server, 300)
+                wait_ready(server, 600)
+                fitted = root / name
             asyncio.run(run({"off": off, "on": servers[1], "check_first": servers[2]}, args))
         finally:
             for server in reversed(servers):

@@ -24,8 +24,9 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stats import p95
 from server.settings import get_settings
-from server.testing import LiveServer, free_port, start_server, stop_server, wait_ready
+from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 TOPICS = [
@@ -99,11 +100,6 @@ async def throughput(client: httpx.AsyncClient, target: tuple, concurrency: int,
     return sum(result.tokens for result in results) / (time.perf_counter() - started)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def run(server: LiveServer, args: argparse.Namespace) -> None:
     targets = Targets(server, get_settings().base_model_name)
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
@@ -136,7 +132,7 @@ async def run(server: LiveServer, args: argparse.Namespace) -> None:
     print(f"ratio throughput_api_vs_vllm {api_rate / direct_rate:.3f}")
     print(f"ttft_ms_p50_vllm {statistics.median(direct_ttfts):.1f}")
     print(f"ttft_overhead_ms_p50 {statistics.median(overheads):.1f}")
-    print(f"ttft_overhead_ms_p95 {percentile(overheads, 0.95):.1f}")
+    print(f"ttft_overhead_ms_p95 {p95(overheads):.1f}")
     print(f"decode_tok_s_single {decode_rate(single):.1f}")
     print(f"decode_tok_s_single_vllm {decode_rate(single_direct):.1f}")
 
@@ -165,6 +161,7 @@ def main() -> None:
                 "RATCHET_LOG_LEVEL": "warning",
                 "RATCHET_RAILS_ENABLED": str(args.rails).lower(),
             },
+            classifier_from=settings.data_dir,
         )
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)

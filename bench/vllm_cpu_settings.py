@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.serving import stream_chat
 from server.settings import Settings, get_settings
-from server.testing import free_port
+from tests.live_server import free_port
 
 CANDIDATES: list[dict[str, str]] = [
     {"name": "stock(auto-bind),float32,kv=2", "bind": "auto", "dtype": "float32", "kv": "2", "lora": "1"},

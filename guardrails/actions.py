@@ -1,10 +1,10 @@
 """Ratchet's rails as NeMo Guardrails actions (loaded by NeMo from this folder).
 
 Each action returns a `RailOutcome` and accepts `**kwargs`, which NeMo's streaming output rails require. The
-checks themselves live in `server/rails/checks.py`; the knobs are `custom_data.ratchet` in config.yml.
-Ratchet registers the parsed policy and the shared embedder as action parameters (`ratchet_policy`,
-`ratchet_embedder`); under plain NeMo (e.g. `nemoguardrails chat --config guardrails`) the actions build them
-from `config` on first use.
+checks themselves live in `server/rails/checks.py`; the policy (`custom_data.ratchet` in config.yml and the files it
+names) is read by `server.rails.policy.load_policy`. Ratchet registers the loaded policy and the shared embedder as
+action parameters (`ratchet_policy`, `ratchet_embedder`); under plain NeMo (e.g. `nemoguardrails chat --config
+guardrails`) the actions load them on first use, with the classifier's weights cached in RATCHET_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -18,15 +18,10 @@ from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome, TransformTarget
 from nemoguardrails.rails.llm.config import RailsConfig
 
-from server.rails.checks import (
-    Check,
-    Policy,
-    check_jailbreak,
-    check_output_policy,
-    check_personal_data,
-    check_topics,
-)
+from server.rails.checks import Check, check_jailbreak, check_output_policy, check_personal_data, check_topics
 from server.rails.embeddings import Embedder, shared_embedder
+from server.rails.policy import Policy, load_policy
+from server.settings import get_settings
 
 _standalone: dict[int, Policy] = {}
 
@@ -38,8 +33,8 @@ def _policy(ratchet_policy: Policy | None, config: RailsConfig | None) -> Policy
         raise RuntimeError("the Ratchet rails need either the ratchet_policy action parameter or the config")
     key = id(config)
     if key not in _standalone:
-        policy = Policy.from_config(config.custom_data, Path(config.config_path or "."))
-        policy.prepare(shared_embedder())
+        policy = load_policy(Path(config.config_path or "."))
+        policy.prepare(shared_embedder(), get_settings().data_dir)
         _standalone[key] = policy
     return _standalone[key]
 
@@ -96,7 +91,7 @@ async def ratchet_check_input_personal_data(
     **kwargs: Any,
 ) -> RailOutcome:
     policy = _policy(ratchet_policy, config)
-    target = TransformTarget.USER_MESSAGE if policy.input_pii_action == "redact" else None
+    target = TransformTarget.USER_MESSAGE if policy.config.personal_data.input == "redact" else None
     return _outcome(check_personal_data(text or ""), target)
 
 
@@ -108,7 +103,7 @@ async def ratchet_check_output_personal_data(
     **kwargs: Any,
 ) -> RailOutcome:
     policy = _policy(ratchet_policy, config)
-    target = TransformTarget.BOT_MESSAGE if policy.output_pii_action == "redact" else None
+    target = TransformTarget.BOT_MESSAGE if policy.config.personal_data.output == "redact" else None
     return _outcome(check_personal_data(text or ""), target)
 
 

@@ -60,7 +60,9 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     state.engine_down_reason = engine_down_reason
     state.users = UserService(sessions, settings.token_cache_ttl_s)
     state.conversations = ConversationService(sessions)
-    state.rails = RailsRegistry(settings.rails_config, settings.rails_enabled, settings.vllm_request_timeout_s)
+    state.rails = RailsRegistry(
+        settings.rails_config, settings.data_dir, settings.rails_enabled, settings.vllm_request_timeout_s
+    )
     await state.rails.start()
     uninstall_sighup = install_sighup_reload(state.rails)
     state.chat = ChatService(sessions, engine, router, settings, engine_down_reason, state.rails)

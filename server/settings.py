@@ -21,7 +21,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RATCHET_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("var"), description="Where the database, models and adapters live.")
+    data_dir: Path = Field(
+        Path("var"),
+        description="Where the database, models, adapters and derived data (the fitted jailbreak classifier) live.",
+    )
     database_url: str = Field("", description="SQLAlchemy async URL; empty means a SQLite file in the data dir.")
     db_pool_size: int = Field(
         32, description="PostgreSQL connections the API keeps open; size it to the concurrent requests expected."

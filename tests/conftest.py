@@ -20,6 +20,7 @@ from server.db.engine import build_db_config
 from server.db.migrate import upgrade
 from server.db.models import Role, metadata
 from server.settings import Settings
+from tests.unit.rails_fixtures import REPO_RAILS, seed_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
@@ -79,8 +80,22 @@ def scratch_postgres_database(prefix: str) -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="session")
+def rails_data_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding the jailbreak classifier fitted on the shipped rails' library. It lives in pytest's cache,
+    so only the first session after the training texts change pays the fit (a minute or two)."""
+    from server.rails.embeddings import shared_embedder
+    from server.rails.policy import load_policy
+
+    cache = getattr(request.config, "cache", None)
+    path = cache.mkdir("ratchet-rails-data") if cache is not None else tmp_path_factory.mktemp("rails-data")
+    load_policy(REPO_RAILS).prepare(shared_embedder(), path)
+    return path
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def settings(database_url: str, tmp_path: Path, rails_data_dir: Path) -> Settings:
+    seed_classifier(rails_data_dir, tmp_path)
     return Settings(
         data_dir=tmp_path,
         database_url=database_url,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.table import Table
 
-from tuning.config import TuneConfig
+from tuning.config import CONFIG_FILE_ENV, ENV_PREFIX, TuneConfig
 
 console = Console(stderr=True)
 # Exit codes a scheduler can tell apart: 0 trained or skipped, 1 failed, 75 (EX_TEMPFAIL) another run holds the
@@ -23,9 +24,16 @@ def _nightly(config_path: Path | None):  # type: ignore[no-untyped-def]
     from server.settings import get_settings
     from tuning.nightly import Nightly, limit_resources
 
-    config = TuneConfig.load(config_path)
+    config = _config(config_path)
     limit_resources(config)
     return Nightly(get_settings(), config, console)
+
+
+def _config(config_path: Path | None) -> TuneConfig:
+    try:
+        return TuneConfig.load(config_path)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _run(action: str, config_path: Path | None) -> None:
@@ -84,8 +92,31 @@ def abandon(config_path: Path | None) -> None:
     _run("abandon", config_path)
 
 
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        value = ",".join(map(str, value))  # the form the env var takes
+    return "(empty)" if value is None or value == "" else str(value)
+
+
 @tune.command("settings")
-def settings() -> None:
-    """Every tuning setting with its env var and default."""
-    for env, default in TuneConfig.field_docs():
-        click.echo(f"{env}={default}")
+@config_option
+@click.option("--markdown", is_flag=True, help="Print docs/tuning.md's settings table.")
+def settings(config_path: Path | None, markdown: bool) -> None:
+    """Every tuning setting, its env var, default and current value (from --config and the environment)."""
+    file_row = (CONFIG_FILE_ENV, "(empty)", "TOML file of these settings (the env vars below override it).")
+    rows = [
+        (f"{ENV_PREFIX}{name.upper()}", _shown(field.get_default(call_default_factory=True)), field.description or "")
+        for name, field in TuneConfig.model_fields.items()
+    ]
+    if markdown:
+        click.echo("| env var | default | what it does |\n|---|---|---|")
+        for env, default, doc in [file_row, *rows]:
+            shown = default if default == "(empty)" else f"`{default}`"
+            click.echo(f"| `{env}` | {shown} | {doc} |")
+        return
+    current = _config(config_path).model_dump()
+    table = Table("env var", "default", "current", "what it does")
+    table.add_row(*file_row[:2], _shown(config_path or os.environ.get(CONFIG_FILE_ENV)), file_row[2])
+    for (env, default, doc), value in zip(rows, current.values(), strict=True):
+        table.add_row(env, default, _shown(value), doc)
+    Console().print(table)

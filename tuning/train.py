@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
+from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from tuning.config import TuneConfig
@@ -150,8 +151,8 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     """Probability that a random positive outscores a random negative (ties count half): the ROC AUC."""
     if not positives or not negatives:
         return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
+    labels = [1] * len(positives) + [0] * len(negatives)
+    return float(roc_auc_score(labels, [*positives, *negatives]))
 
 
 def evaluate_reward_model(model_dir: Path, pairs: list[Row], pointwise: list[Row], max_length: int) -> dict[str, Any]:
@@ -174,12 +175,10 @@ def evaluate_reward_model(model_dir: Path, pairs: list[Row], pointwise: list[Row
 def rail_penalty_reward(rails_dir: Path, penalty: float) -> Callable[..., list[float]]:
     """`penalty` for every completion our own output rails would block (a private key, control tokens, a
     configured term, the system prompt repeated), 0 otherwise: the same check the server applies to answers."""
-    import yaml
+    from server.rails.checks import check_output_policy
+    from server.rails.policy import load_policy
 
-    from server.rails.checks import Policy, check_output_policy
-
-    custom = yaml.safe_load((rails_dir / "config.yml").read_text()).get("custom_data", {})
-    policy = Policy.from_config(custom, rails_dir)
+    policy = load_policy(rails_dir)
 
     def rail_penalty(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         rewards = []

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.rails.base import Direction, RailsConfigError, RailsResult, RailVerdict, Verdict
-from server.rails.checks import Policy, PolicyError
 from server.rails.embeddings import Embedder
+from server.rails.policy import Policy, PolicyError, load_policy
 
 os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +40,7 @@ def config_version(config_dir: Path) -> str:
     """A short hash of every file NeMo reads, so responses and logs say which policy decided."""
     digest = hashlib.sha256()
     for path in sorted(config_dir.rglob("*")):
-        # .jsonl: the jailbreak classifier's training texts (its fitted weights, a cache of them, are not hashed).
+        # .jsonl: the jailbreak classifier's training texts (its fitted weights live in the data dir).
         if (
             path.is_file()
             and path.suffix in {".yml", ".yaml", ".co", ".py", ".txt", ".jsonl"}
@@ -104,13 +104,13 @@ def _last_user(messages: list[dict[str, str]]) -> str:
 
 
 class NemoRails:
-    """Build with `NemoRails.load(path, embedder)`; a malformed folder raises `RailsConfigError`."""
+    """Build with `NemoRails.load(path, embedder, data_dir)`; a malformed folder raises `RailsConfigError`."""
 
     def __init__(self, config_dir: Path, config: RailsConfig, policy: Policy, embedder: Embedder | None) -> None:
         self.config_dir = config_dir
         self.version = config_version(config_dir)
-        self.stream_window_chars = policy.stream_window_chars
-        self.stream_holdback_chars = policy.stream_holdback_chars
+        self.stream_window_chars = policy.config.streaming.window_chars
+        self.stream_holdback_chars = policy.config.streaming.holdback_chars
         self._thread = _LoopThread(f"rails-{self.version}")
         self._rails = LLMRails(config)
         self._rails.register_action_param("ratchet_policy", policy)
@@ -128,8 +128,9 @@ class NemoRails:
             raise RailsConfigError(f"a rail flow runs no action Ratchet can call: {error}") from error
 
     @classmethod
-    def load(cls, config_dir: Path, embedder: Embedder | None) -> NemoRails:
-        """Parse and validate the folder, then smoke-test both directions so a broken action is caught now."""
+    def load(cls, config_dir: Path, embedder: Embedder | None, data_dir: Path | None) -> NemoRails:
+        """Parse and validate the folder, then smoke-test both directions so a broken action is caught now. Derived
+        data (the jailbreak classifier's fitted weights) is cached in `data_dir`, never in the config folder."""
         config_dir = Path(config_dir).resolve()
         if not (config_dir / "config.yml").is_file():
             raise RailsConfigError(f"{config_dir} has no config.yml")
@@ -140,8 +141,8 @@ class NemoRails:
                 f"NeMo Guardrails cannot load {config_dir}: {type(error).__name__}: {error}"
             ) from error
         try:
-            policy = Policy.from_config(config.custom_data, config_dir)
-            policy.prepare(embedder)
+            policy = load_policy(config_dir)
+            policy.prepare(embedder, data_dir)
         except PolicyError as error:
             raise RailsConfigError(str(error)) from error
         try:

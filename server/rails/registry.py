@@ -16,17 +16,19 @@ from server.system import metrics
 log = logging.getLogger("ratchet.rails")
 
 
-def load_rails(config_dir: Path) -> Rails:
-    """Blocking (seconds on first use: torch and the embedding model load): call it from a worker thread."""
+def load_rails(config_dir: Path, data_dir: Path) -> Rails:
+    """Blocking (seconds on first use: torch and the embedding model load; a minute or two when the jailbreak
+    classifier must be fitted into `data_dir`): call it from a worker thread."""
     from server.rails.embeddings import shared_embedder
     from server.rails.nemo import NemoRails
 
-    return NemoRails.load(config_dir, shared_embedder())
+    return NemoRails.load(config_dir, shared_embedder(), data_dir)
 
 
 class RailsRegistry:
-    def __init__(self, config_dir: Path, enabled: bool, retire_after_s: float) -> None:
+    def __init__(self, config_dir: Path, data_dir: Path, enabled: bool, retire_after_s: float) -> None:
         self.config_dir = config_dir
+        self.data_dir = data_dir
         self.enabled = enabled
         self.current: Rails | None = None
         self._retire_after_s = retire_after_s
@@ -35,7 +37,7 @@ class RailsRegistry:
 
     async def start(self) -> None:
         if self.enabled:
-            self.current = await asyncio.to_thread(load_rails, self.config_dir)
+            self.current = await asyncio.to_thread(load_rails, self.config_dir, self.data_dir)
             log.info("rails %s loaded from %s", self.current.version, self.config_dir)
 
     async def reload(self) -> str:
@@ -44,7 +46,7 @@ class RailsRegistry:
             raise RailsReloadRefusedError(self.version, "the rails are turned off (RATCHET_RAILS_ENABLED=false)")
         async with self._lock:
             try:
-                fresh = await asyncio.to_thread(load_rails, self.config_dir)
+                fresh = await asyncio.to_thread(load_rails, self.config_dir, self.data_dir)
             except RailsConfigError as error:
                 metrics.RAIL_RELOADS.labels("refused").inc()
                 log.error("rails reload refused, still serving %s: %s", self.version, error)

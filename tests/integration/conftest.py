@@ -4,11 +4,12 @@ serves the prepared SmolLM2, on SQLite; plus a second app on PostgreSQL using th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from server.testing import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
 from tests.conftest import PREPARED_MODEL, scratch_postgres_database
+from tests.live_server import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
 
 READY_TIMEOUT_S = 900
 
@@ -16,7 +17,7 @@ __all__ = ["LiveServer", "stored_message"]
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(tmp_path_factory: pytest.TempPathFactory, rails_data_dir: Path) -> Iterator[LiveServer]:
     """`ratchet serve` with its own supervised vLLM, on SQLite."""
     if not (PREPARED_MODEL / "config.json").exists():
         pytest.fail(f"no prepared model at {PREPARED_MODEL}: run `ratchet model prepare` (make test does)")
@@ -26,6 +27,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
         PREPARED_MODEL,
         {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": ""},
+        classifier_from=rails_data_dir,
     )
     try:
         wait_ready(server, READY_TIMEOUT_S)
@@ -35,11 +37,17 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 @pytest.fixture(scope="session")
-def live_server_pg(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server_pg(
+    live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory, rails_data_dir: Path
+) -> Iterator[LiveServer]:
     """A second app on PostgreSQL, pointed at the first one's vLLM as an external server."""
     with scratch_postgres_database("ratchet_live") as url:
         server = start_server(
-            tmp_path_factory.mktemp("live-pg"), url, PREPARED_MODEL, {"RATCHET_VLLM_URL": live_server.vllm_url}
+            tmp_path_factory.mktemp("live-pg"),
+            url,
+            PREPARED_MODEL,
+            {"RATCHET_VLLM_URL": live_server.vllm_url},
+            classifier_from=rails_data_dir,
         )
         try:
             wait_ready(server, 120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +17,8 @@ MESSAGES = [{"role": "system", "content": "You are helpful."}, {"role": "user", 
 
 
 @pytest.fixture(scope="module")
-async def rails() -> AsyncIterator[NemoRails]:
-    loaded = NemoRails.load(REPO_RAILS, shared_embedder())
+async def rails(rails_data_dir: Path) -> AsyncIterator[NemoRails]:
+    loaded = NemoRails.load(REPO_RAILS, shared_embedder(), rails_data_dir)
     yield loaded
     await loaded.aclose()
 

@@ -14,20 +14,57 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "tuning" / "accelerate"
 
 
-def test_env_overrides_file_which_overrides_defaults(tmp_path: Path) -> None:
+def test_env_overrides_file_which_overrides_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "tuning.toml"
     path.write_text('methods = ["sft"]\nkto_max_steps = 7\nrl_beta = 0.1\n')
-    config = TuneConfig.load(path, environ={"RATCHET_TUNE_KTO_MAX_STEPS": "9", "RATCHET_TUNE_METHODS": "kto, rl"})
+    monkeypatch.setenv("RATCHET_TUNE_KTO_MAX_STEPS", "9")
+    monkeypatch.setenv("RATCHET_TUNE_METHODS", "kto, rl")
+    config = TuneConfig.load(path)
     assert config.methods == ["kto", "rl"]
     assert config.kto_max_steps == 9
     assert config.rl_beta == 0.1
-    assert config.sft_max_steps == TuneConfig().sft_max_steps
+    assert config.sft_max_steps == TuneConfig.model_fields["sft_max_steps"].default
 
 
-def test_config_file_is_found_through_the_environment(tmp_path: Path) -> None:
+def test_config_file_is_found_through_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "tuning.toml"
     path.write_text("min_new_rows = 3\n")
-    assert TuneConfig.load(environ={"RATCHET_TUNE_CONFIG": str(path)}).min_new_rows == 3
+    monkeypatch.setenv("RATCHET_TUNE_CONFIG", str(path))
+    assert TuneConfig.load().min_new_rows == 3
+
+
+def test_values_given_in_code_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resumed run rebuilds the config it started with from its record; the environment of today must not leak in.
+    monkeypatch.setenv("RATCHET_TUNE_KTO_MAX_STEPS", "9")
+    recorded = TuneConfig(kto_max_steps=3).to_dict()
+    assert TuneConfig(**recorded).kto_max_steps == 3
+
+
+def test_a_missing_config_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such tuning config file"):
+        TuneConfig.load(tmp_path / "absent.toml")
+
+
+def test_tune_settings_lists_every_setting_with_its_env_var_default_and_current_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from tuning.cli import tune
+
+    monkeypatch.setenv("RATCHET_TUNE_KTO_MAX_STEPS", "9")
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    table = CliRunner().invoke(tune, ["settings"])
+    assert table.exit_code == 0, table.output
+    for name in TuneConfig.model_fields:
+        assert f"RATCHET_TUNE_{name.upper()}" in table.output
+    kto_row = next(line for line in table.output.splitlines() if "RATCHET_TUNE_KTO_MAX_STEPS" in line)
+    assert [cell.strip() for cell in kto_row.split("│")][2:4] == ["20", "9"]
+
+    markdown = CliRunner().invoke(tune, ["settings", "--markdown"])
+    rows = [line for line in markdown.output.splitlines() if line.startswith("| `RATCHET_TUNE_")]
+    assert len(rows) == len(TuneConfig.model_fields) + 1  # and RATCHET_TUNE_CONFIG, the file
+    assert "| `RATCHET_TUNE_METHODS` | `kto,rl` |" in markdown.output
 
 
 @pytest.mark.parametrize(
@@ -44,7 +81,7 @@ def test_settings_that_would_train_the_wrong_thing_are_refused(tmp_path: Path, s
     path = tmp_path / "tuning.toml"
     path.write_text(settings + "\n")
     with pytest.raises(ValueError, match=message):
-        TuneConfig.load(path, environ={})
+        TuneConfig.load(path)
 
 
 @pytest.mark.parametrize(

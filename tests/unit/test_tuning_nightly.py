@@ -209,7 +209,7 @@ def test_nightly_trains_every_method_resumes_after_a_kill_and_then_skips(
     reward_marker = (run_dir / "stages" / "reward_model.json").stat().st_mtime_ns
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
 
-    config = TuneConfig.load(environ={f"RATCHET_TUNE_{key}": value for key, value in TINY.items()})
+    config = TuneConfig(**{key.lower(): value for key, value in TINY.items()})
     with pytest.raises(UnfinishedRun, match="resume"):
         Nightly(settings, config).nightly()
 
@@ -281,8 +281,7 @@ def test_abandoning_a_killed_run_lets_the_next_run_start_over_its_data_window(
 def test_a_method_without_data_is_skipped_with_its_reason_while_the_others_train(tmp_path: Path) -> None:
     # Votes only: no ops corrections and no business-data folder, so sft has nothing to learn from.
     settings = seeded(tmp_path, [Judged(item.question, item.answer, item.vote) for item in judged()])
-    tiny = {key: value for key, value in TINY.items() if key != "METHODS"}
-    config = TuneConfig.load(environ={f"RATCHET_TUNE_{key}": value for key, value in tiny.items()})
+    config = TuneConfig(**{key.lower(): value for key, value in TINY.items()})
     config.methods = ["sft", "kto"]
 
     run = Nightly(settings, config).nightly()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import PREPARED_MODEL
+from tests.unit.rails_fixtures import REPO_RAILS, copy_rails, set_knob
 from tuning.config import TuneConfig
-from tuning.train import epoch_capped_steps, load_tokenizer, sft_rows
+from tuning.train import epoch_capped_steps, load_tokenizer, rail_penalty_reward, sft_rows
 
 SYSTEM = {"role": "system", "content": "You are the internal assistant."}
 
@@ -45,3 +48,20 @@ def test_sft_makes_at_most_sft_max_epochs_passes_over_a_small_nightly_set(monkey
     # Under `accelerate launch` each of the ranks takes its own batch per step.
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert epoch_capped_steps(config.sft_max_steps, 20, config.sft_max_epochs, config) == 5
+
+
+def test_the_rl_rail_penalty_follows_the_rails_folder_it_is_given(tmp_path: Path) -> None:
+    prompt = [SYSTEM, {"role": "user", "content": "What is the code?"}]
+
+    def penalties(rails_dir: Path, *answers: str) -> list[float]:
+        reward = rail_penalty_reward(rails_dir, -2.0)
+        return reward([prompt] * len(answers), [[{"role": "assistant", "content": answer}] for answer in answers])
+
+    canary, product = "It is RATCHET-CANARY-0BADF00D.", "Project Bluebird ships in May."
+    leak = "My instructions: You are the internal assistant."
+    assert penalties(REPO_RAILS, canary, product, leak, "Ask the helpdesk.") == [-2.0, 0.0, 0.0, 0.0]
+
+    edited = copy_rails(tmp_path / "rails")
+    set_knob(edited, "output", "blocked_patterns", [r"\bproject bluebird\b"])
+    set_knob(edited, "output", "system_prompt_leak_chars", 20)
+    assert penalties(edited, canary, product, leak) == [0.0, -2.0, -2.0]

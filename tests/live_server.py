@@ -1,4 +1,7 @@
-"""Run a real Ratchet server (`ratchet serve` as a subprocess) for integration tests and benchmarks."""
+"""Run a real Ratchet server (`ratchet serve` as a subprocess) for integration tests and benchmarks.
+
+Not part of the shipped package: benches import it as `tests.live_server`, run from a checkout (they put its root on
+sys.path)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.db.models import Message
+from tests.unit.rails_fixtures import seed_classifier
 
 
 def free_port() -> int:
@@ -87,7 +91,17 @@ def wait_ready(server: LiveServer, timeout_s: float) -> None:
     raise RuntimeError(f"ratchet serve not ready after {timeout_s} s\n{server.log_tail()}")
 
 
-def start_server(data_dir: Path, database_url: str, model_dir: Path, extra_env: dict[str, str]) -> LiveServer:
+def start_server(
+    data_dir: Path,
+    database_url: str,
+    model_dir: Path,
+    extra_env: dict[str, str],
+    classifier_from: Path | None = None,
+) -> LiveServer:
+    """`ratchet serve` on a fresh data dir; `classifier_from` is a data dir whose fitted jailbreak classifier is
+    copied in, so the rails start without fitting it (a minute or two) when the training texts are the same."""
+    if classifier_from is not None:
+        seed_classifier(classifier_from, data_dir)
     port = free_port()
     env = {
         **os.environ,
