@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml scripts/install.sh
 setup: $(STAMP)
 	$(RATCHET) model prepare
 	$(RATCHET) db upgrade
+	@# Fits the jailbreak classifier into the data dir once, so the first `make run` starts without that wait.
+	$(RATCHET) rails check
 
 run: setup
 	@echo "admin token: $$($(RATCHET) users bootstrap-admin)"
