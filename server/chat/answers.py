@@ -7,7 +7,7 @@ which checks once per window. Nothing per token touches the database; the answer
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -53,7 +53,7 @@ async def answer_events(turn: Turn, turns: TurnStore) -> AsyncGenerator[ChatEven
         yield Failed(outcome.error or "the answer failed")
 
 
-def _answer_text(turn: Turn, outcome: Outcome) -> AsyncIterator[str]:
+def _answer_text(turn: Turn, outcome: Outcome) -> AsyncGenerator[str, None]:
     """The text the user may see, piece by piece; `outcome` is kept current before each piece is yielded, so it
     is right whenever the consumer stops."""
     if turn.refusal is not None:
@@ -65,13 +65,13 @@ def _answer_text(turn: Turn, outcome: Outcome) -> AsyncIterator[str]:
     return _checked_whole(turn, turn.generation, outcome)
 
 
-async def _refusal(refusal: str, outcome: Outcome) -> AsyncIterator[str]:
+async def _refusal(refusal: str, outcome: Outcome) -> AsyncGenerator[str, None]:
     """An input rail refused the question: the refusal is the whole answer, and the model was not called."""
     outcome.status, outcome.finish_reason = MessageStatus.BLOCKED, "content_filter"
     yield refusal
 
 
-async def _checked_whole(turn: Turn, body: dict[str, Any], outcome: Outcome) -> AsyncIterator[str]:
+async def _checked_whole(turn: Turn, body: dict[str, Any], outcome: Outcome) -> AsyncGenerator[str, None]:
     """A non-streamed completion, after the output rails checked it whole (redacted, or replaced by a refusal)."""
     choice = body["choices"][0]
     usage = body.get("usage") or {}
@@ -87,7 +87,7 @@ async def _checked_whole(turn: Turn, body: dict[str, Any], outcome: Outcome) -> 
         yield content
 
 
-async def _relayed(turn: Turn, stream: ChatStream, outcome: Outcome) -> AsyncIterator[str]:
+async def _relayed(turn: Turn, stream: ChatStream, outcome: Outcome) -> AsyncGenerator[str, None]:
     """vLLM's stream, piece by piece. With rails on, text is released only once the output rails passed it; when
     they stop the answer, the rest is never shown and closing the stream (by our caller) aborts it in vLLM."""
     guard = StreamGuard(turn.rails, turn.payload["messages"]) if turn.rails is not None else None

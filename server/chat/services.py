@@ -40,15 +40,13 @@ from server.chat.events import ChatEvent
 from server.chat.exceptions import InvalidChatError
 from server.chat.schemas import ChatCompletionRequest
 from server.chat.speculation import Speculation
-from server.chat.turns import Provenance, Turn, TurnStore
-from server.engine.client import ChatStream, EngineClient, EngineUnavailableError
+from server.chat.turns import Generation, Provenance, Turn, TurnStore
+from server.engine.client import EngineClient, EngineUnavailableError
 from server.engine.router import ModelRouter, Route
 from server.privacy.redaction import redact
 from server.rails.base import Rails
 from server.rails.registry import RailsRegistry
 from server.settings import Settings
-
-Generation = ChatStream | dict[str, Any]
 
 
 class ChatService:

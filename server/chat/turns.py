@@ -28,6 +28,8 @@ from server.system import metrics
 
 ROUTE = "/v1/chat/completions"
 T = TypeVar("T")
+# What vLLM took a request on with: an open stream, or the whole (non-streamed) completion.
+Generation = ChatStream | dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +169,7 @@ class Turn:
     rails: Rails | None = None
     input_verdicts: tuple[RailVerdict, ...] = ()
     refusal: str | None = None
-    # What vLLM took the request on with: an open stream, or the whole (non-streamed) completion.
-    generation: ChatStream | dict[str, Any] | None = None
+    generation: Generation | None = None
 
     def metadata(self, output_verdicts: tuple[RailVerdict, ...] = ()) -> RatchetMetadata:
         return RatchetMetadata(
