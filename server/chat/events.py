@@ -8,8 +8,9 @@ A channel serves a turn in two steps:
                                                                         # error (4xx/503) with nothing stored
     async for event in chat_service.stream_turn(turn): ...              # TextDelta* then Finished or Failed
 
-`start_turn` raising means nothing was stored; once it returns, the answer row exists and `stream_turn` always
-ends it (complete, blocked, failed or aborted when the consumer stops iterating)."""
+`start_turn` raising means nothing was stored, except when vLLM failed as the request reached it (503): the
+answer is then kept as failed. Once it returns, the answer row exists and `stream_turn` always ends it
+(complete, blocked, failed, or aborted when the consumer stops early), before its last event."""
 
 from __future__ import annotations
 
