@@ -27,6 +27,7 @@ class SlackCall:
     method: str
     params: dict[str, Any]
     status: int
+    response: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,6 +51,27 @@ class FakeSlack:
     def ok_calls(self, method: str) -> list[SlackCall]:
         return [call for call in self.of(method) if call.status == 200]
 
+    def streams_in(self, thread_ts: str) -> list[str]:
+        """The message ts of every answer streamed into a thread."""
+        return [c.response["ts"] for c in self.ok_calls("chat.startStream") if c.params.get("thread_ts") == thread_ts]
+
+    def streamed_text(self, ts: str) -> str | None:
+        """The whole text of a streamed answer once its stream was stopped; None while it is still open."""
+        stops = [call for call in self.ok_calls("chat.stopStream") if call.params.get("ts") == ts]
+        if not stops:
+            return None
+        parts = [
+            c.params.get("markdown_text") or "" for c in self.ok_calls("chat.appendStream") if c.params.get("ts") == ts
+        ]
+        starts = [c for c in self.ok_calls("chat.startStream") if c.response.get("ts") == ts]
+        opening = starts[0].params.get("markdown_text") or "" if starts else ""
+        return opening + "".join(parts) + (stops[0].params.get("markdown_text") or "")
+
+    def stop_blocks(self, ts: str) -> list[dict[str, Any]]:
+        [stop] = [call for call in self.ok_calls("chat.stopStream") if call.params.get("ts") == ts]
+        blocks = stop.params.get("blocks") or []
+        return json.loads(blocks) if isinstance(blocks, str) else blocks
+
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         raw = await request.read()
@@ -60,7 +82,8 @@ class FakeSlack:
         with self._lock:
             pending = self._failures.get(method)
             status = pending.pop(0) if pending else 200
-            self.calls.append(SlackCall(method, params, status))
+            call = SlackCall(method, params, status)
+            self.calls.append(call)
         if status == 429:
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"})
         if status != 200:
@@ -72,6 +95,7 @@ class FakeSlack:
             body.update(channel=params.get("channel"), ts=f"{int(time.time())}.{next(self._ts):06d}")
         if method in ("chat.update", "chat.appendStream", "chat.stopStream"):
             body.update(channel=params.get("channel"), ts=params.get("ts"))
+        call.response = body
         return web.json_response(body)
 
 

@@ -214,6 +214,13 @@ async def test_thumbs_down_button_votes_then_the_modal_adds_reason_and_comment(
     )
     assert review.status_code == 200
     assert str(answered.answer_id) in review.text
+    admin = await person(sessions, "admin-1", role="admin")
+    manifest = await slack_app.get(
+        "/api/exports/training-data/manifest", params={"channel": "slack"}, headers=admin.headers
+    )
+    assert manifest.status_code == 200, manifest.text
+    assert manifest.json()["filters"]["channel"] == "slack"
+    assert manifest.json()["answers_used"] == 1 and manifest.json()["rows_by_source"]["kto.thumbs_down"] == 1
 
 
 async def _async(value: Any) -> Any:
