@@ -17,6 +17,7 @@ from server.db.models import Role
 from server.exports.cli import data
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings
+from server.slack.cli import slack as slack_group
 from tuning.cli import tune
 
 console = Console(stderr=True)
@@ -31,6 +32,7 @@ def main() -> None:
 main.add_command(data)
 main.add_command(tune)
 main.add_command(rails_group)
+main.add_command(slack_group)
 
 
 @main.group()

@@ -257,3 +257,19 @@ async def test_a_question_while_vllm_is_down_gets_a_clear_reply_in_its_thread(
 
     # The question and its failed answer are kept (nothing lost), never left pending.
     assert await eventually(answer_status) == "failed"
+
+
+async def test_an_admin_can_link_a_slack_user_to_an_existing_account(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    from server.slack.store import SlackStore
+
+    store = SlackStore(sessions)
+    first_seen = await store.principal_for(TEAM, "U0LINKED")
+    assert first_seen.name == f"slack:{TEAM}:U0LINKED"
+    existing = await person(sessions, "maria")
+    linked = await store.link(TEAM, "U0LINKED", "maria")
+    assert linked.user_id == existing.id
+    assert (await store.principal_for(TEAM, "U0LINKED")).user_id == existing.id
+    with pytest.raises(LookupError):
+        await store.link(TEAM, "U0LINKED", "nobody-by-that-name")
