@@ -32,12 +32,15 @@ from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
 from server.review.controllers import ReviewController
 from server.settings import Settings, get_settings
+from server.slack.controllers import SlackController
+from server.slack.lifespan import slack_lifespan
 from server.system.controllers import SystemController
 from server.tuning_runs.controllers import TuningRunController
 
 log = logging.getLogger("ratchet")
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema"]
+# Slack cannot send a bearer token: its requests are verified by signature (server/slack/controllers.py).
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema", "^/slack/"]
 
 
 @asynccontextmanager
@@ -89,8 +92,11 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     db_config = build_db_config(settings)
+    # Without Slack configured the app is exactly what it was: no Slack routes, nothing started.
+    slack = settings.slack_enabled
     return Litestar(
         route_handlers=[
+            *([SlackController] if slack else []),
             ChatController,
             ConversationController,
             SystemController,
@@ -103,7 +109,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         plugins=[SQLAlchemyPlugin(config=db_config)],
         middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],
-        lifespan=[serving_lifespan],
+        lifespan=[serving_lifespan, *([slack_lifespan] if slack else [])],
         state=State({"settings": settings, "db_config": db_config}),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(

@@ -18,6 +18,7 @@ from server.exports.cli import data
 from server.feedback.cli import delete_user
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings
+from server.slack.cli import slack as slack_group
 from tuning.cli import tune
 
 console = Console(stderr=True)
@@ -33,6 +34,7 @@ data.add_command(delete_user)
 main.add_command(data)
 main.add_command(tune)
 main.add_command(rails_group)
+main.add_command(slack_group)
 
 
 @main.group()

@@ -6,8 +6,9 @@ import hashlib
 import os
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -86,6 +87,28 @@ class Settings(BaseSettings):
         8, description="Most preference pairs a training export builds from the answers to one identical prompt."
     )
 
+    slack_bot_token: SecretStr = Field(
+        SecretStr(""), description="Slack bot token (`xoxb-…`); with the signing secret it turns the Slack bot on."
+    )
+    slack_signing_secret: SecretStr = Field(
+        SecretStr(""), description="Slack app signing secret: every request from Slack is verified with it."
+    )
+    slack_app_token: SecretStr = Field(
+        SecretStr(""), description="Slack app-level token (`xapp-…`): use Socket Mode instead of a public URL."
+    )
+    slack_api_url: str = Field("https://slack.com/api/", description="Base URL of Slack's Web API.")
+    slack_delivery: Literal["stream", "update", "once"] = Field(
+        "stream",
+        description="How answers reach Slack: `stream` (chat streaming), `update` (chat.update in chunks) or "
+        "`once` (posted whole when done).",
+    )
+    slack_ops_channel: str = Field(
+        "", description="Slack channel id told about new guardrail blocks (high-priority review items); empty: off."
+    )
+    public_url: str = Field(
+        "", description="The app's public base URL, for links to the review page (e.g. in Slack notices)."
+    )
+
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -109,6 +132,10 @@ class Settings(BaseSettings):
     @cached_property
     def engine_url(self) -> str:
         return (self.vllm_url or f"http://127.0.0.1:{self.vllm_port}").rstrip("/")
+
+    @cached_property
+    def slack_enabled(self) -> bool:
+        return bool(self.slack_signing_secret.get_secret_value() and self.slack_bot_token.get_secret_value())
 
     @cached_property
     def cpu_threads(self) -> int:

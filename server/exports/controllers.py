@@ -12,7 +12,7 @@ from litestar.response import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
-from server.db.models import Role
+from server.db.models import Channel, Role
 from server.exports.services import ExportFilters, ExportService
 
 
@@ -20,10 +20,12 @@ def provide_export_service(db_session: AsyncSession, state: State) -> ExportServ
     return ExportService(db_session, state.settings.export_max_pairs_per_prompt)
 
 
-def export_filters(since: datetime | None, until: datetime | None, model_version: str | None) -> ExportFilters:
+def export_filters(
+    since: datetime | None, until: datetime | None, model_version: str | None, channel: Channel | None = None
+) -> ExportFilters:
     if since and until and since >= until:
         raise ClientException("`since` must be before `until`.")
-    return ExportFilters(since, until, model_version)
+    return ExportFilters(since, until, model_version, channel.value if channel else None)
 
 
 class ExportController(Controller):
@@ -39,11 +41,12 @@ class ExportController(Controller):
         since: datetime | None = None,
         until: datetime | None = None,
         model_version: str | None = None,
+        channel: Channel | None = None,
     ) -> Response[bytes]:
         """Answers whose feedback (vote or review decision) last changed in [`since`, `until`), optionally of one
         model version. Deterministic: the same store gives the same bytes; the `X-Ratchet-Export-Hash` header is
         the manifest's content hash."""
-        export = await export_service.build(export_filters(since, until, model_version))
+        export = await export_service.build(export_filters(since, until, model_version, channel))
         return Response(
             export.zip(),
             media_type="application/zip",
@@ -60,5 +63,6 @@ class ExportController(Controller):
         since: datetime | None = None,
         until: datetime | None = None,
         model_version: str | None = None,
+        channel: Channel | None = None,
     ) -> dict[str, object]:
-        return (await export_service.build(export_filters(since, until, model_version))).manifest
+        return (await export_service.build(export_filters(since, until, model_version, channel))).manifest

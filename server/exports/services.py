@@ -55,6 +55,7 @@ class ExportFilters:
     since: datetime | None = None
     until: datetime | None = None
     model_version: str | None = None
+    channel: str | None = None
 
 
 @dataclass(slots=True)
@@ -157,9 +158,13 @@ class ExportService:
         versioned = windowed
         if filters.model_version is not None:
             versioned = versioned.where(Message.model_version == filters.model_version)
-        counts = [await self._count(query) for query in (base, windowed, versioned)]
+        channelled = versioned
+        if filters.channel is not None:
+            channelled = channelled.where(Message.channel == filters.channel)
+        counts = [await self._count(query) for query in (base, windowed, versioned, channelled)]
         removed["outside_time_window"] = counts[0] - counts[1]
         removed["other_model_version"] = counts[1] - counts[2]
+        removed["other_channel"] = counts[2] - counts[3]
 
         prompt_state = aliased(ReviewState)
         rows = (
@@ -179,7 +184,7 @@ class ExportService:
                 .outerjoin(MessageVote, and_(MessageVote.message_id == Message.id, MessageVote.value.is_not(None)))
                 .outerjoin(ReviewState, ReviewState.message_id == Message.id)
                 .outerjoin(prompt_state, prompt_state.message_id == Message.reply_to_id)
-                .where(Message.id.in_(versioned))
+                .where(Message.id.in_(channelled))
                 .order_by(Message.id, MessageVote.user_id)
             )
         ).all()
@@ -233,6 +238,7 @@ class ExportService:
                 "since": filters.since.isoformat() if filters.since else None,
                 "until": filters.until.isoformat() if filters.until else None,
                 "model_version": filters.model_version,
+                "channel": filters.channel,
             },
             "files": file_info,
             "rows_by_source": dict(sorted(out.sources.items())),

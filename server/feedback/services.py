@@ -48,7 +48,8 @@ _UPSERT_SQL = """
     INSERT INTO message_votes (id, message_id, user_id, value, reasons, comment, revision, created_at, updated_at)
     SELECT :id, messages.id, :user_id, :value, :reasons, :comment, 1, :now, :now
     FROM messages
-    WHERE messages.id = :message_id AND messages.user_id = :user_id AND messages.role = 'assistant'
+    WHERE messages.id = :message_id AND messages.role = 'assistant'
+        AND (messages.user_id = :user_id OR messages.channel = :shared_channel)
     ON CONFLICT (message_id, user_id) DO UPDATE SET
         value = excluded.value,
         reasons = excluded.reasons,
@@ -65,6 +66,7 @@ _VOTE_PARAMETERS = (
     bindparam("reasons", type_=_votes.c.reasons.type),
     bindparam("comment", type_=_votes.c.comment.type),
     bindparam("now", type_=_votes.c.updated_at.type),
+    bindparam("shared_channel", type_=Message.__table__.c.channel.type),
 )
 _UPSERT_VOTE = text(_UPSERT_SQL.format(returning="revision")).bindparams(*_VOTE_PARAMETERS)
 # PostgreSQL: the upsert and its history row as one statement, run outside an explicit transaction. A single
@@ -102,17 +104,28 @@ class FeedbackService:
         self._engine: AsyncEngine = sessions.kw["bind"]
 
     @staticmethod
-    async def _require_own_answer(session: AsyncSession, principal: Principal, message_id: UUID) -> None:
-        own = select(Message.id).where(
-            Message.id == message_id, Message.user_id == principal.user_id, Message.role == "assistant"
-        )
+    async def _require_own_answer(
+        session: AsyncSession, principal: Principal, message_id: UUID, shared_channel: str | None = None
+    ) -> None:
+        visible = Message.user_id == principal.user_id
+        if shared_channel is not None:
+            visible = visible | (Message.channel == shared_channel)
+        own = select(Message.id).where(Message.id == message_id, visible, Message.role == "assistant")
         if await session.scalar(own) is None:
             raise AnswerNotFoundError(f"No answer {message_id}.")
 
     async def set_vote(
-        self, principal: Principal, message_id: UUID, value: VoteValue, reasons: list[VoteReason], comment: str
+        self,
+        principal: Principal,
+        message_id: UUID,
+        value: VoteValue,
+        reasons: list[VoteReason],
+        comment: str,
+        shared_channel: str | None = None,
     ) -> Vote:
-        """Store the vote and its history row atomically; raises (storing nothing) if the answer isn't visible."""
+        """Store the vote and its history row atomically; raises (storing nothing) if the answer isn't visible.
+        An answer is visible to the user it answered, and to everyone in a `shared_channel` (a Slack thread is
+        read, and voted on, by the whole channel)."""
         now = datetime.now(UTC)
         reasons = sorted(set(reasons))
         # Comments are kept with training signals: they are redacted before they are stored.
@@ -125,6 +138,7 @@ class FeedbackService:
             "reasons": reasons,
             "comment": comment,
             "now": now,
+            "shared_channel": shared_channel,
         }
         if self._engine.dialect.name == "postgresql":
             async with self._engine.connect() as connection:
@@ -142,7 +156,7 @@ class FeedbackService:
             raise AnswerNotFoundError(f"No answer {message_id}.")
         return Vote(message_id, value, [VoteReason(reason) for reason in reasons], comment, revision, now)
 
-    async def withdraw_vote(self, principal: Principal, message_id: UUID) -> None:
+    async def withdraw_vote(self, principal: Principal, message_id: UUID, shared_channel: str | None = None) -> None:
         """Withdraw the current vote; withdrawing when there is none changes nothing."""
         now = datetime.now(UTC)
         columns = _votes.c
@@ -156,14 +170,14 @@ class FeedbackService:
             revision = (await session.execute(statement)).scalar_one_or_none()
             if revision is None:
                 await session.rollback()
-                await self._require_own_answer(session, principal, message_id)
+                await self._require_own_answer(session, principal, message_id, shared_channel)
                 return
             await _record(session, principal, message_id, revision, VoteAction.WITHDRAW, None, [], "", now)
             await session.commit()
 
-    async def get_vote(self, principal: Principal, message_id: UUID) -> Vote:
+    async def get_vote(self, principal: Principal, message_id: UUID, shared_channel: str | None = None) -> Vote:
         async with self._sessions() as session:
-            await self._require_own_answer(session, principal, message_id)
+            await self._require_own_answer(session, principal, message_id, shared_channel)
             row = await session.scalar(
                 select(MessageVote).where(
                     MessageVote.message_id == message_id, MessageVote.user_id == principal.user_id

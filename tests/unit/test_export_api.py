@@ -111,6 +111,7 @@ async def test_export_builds_each_trl_file_from_votes_corrections_regenerations_
     assert manifest["removed"] == {
         "outside_time_window": 1,
         "other_model_version": 1,
+        "other_channel": 0,
         "rejected_in_review": 1,
         "incomplete_answer": 1,
         "missing_context": 0,

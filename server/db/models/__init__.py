@@ -9,6 +9,7 @@ from server.db.models.feedback import MessageVote, VoteAction, VoteHistory, Vote
 from server.db.models.rails import RailEvent
 from server.db.models.review import ReviewDecision, ReviewDecisionKind, ReviewFlag, ReviewState
 from server.db.models.serving import ModelAlias, ModelVersion
+from server.db.models.slack import SlackAnswer, SlackIdentity, SlackInbox, SlackThread
 from server.db.models.tuning import TuningRun
 
 metadata = UUIDv7AuditBase.metadata
@@ -28,6 +29,10 @@ __all__ = [
     "ReviewFlag",
     "ReviewState",
     "Role",
+    "SlackAnswer",
+    "SlackIdentity",
+    "SlackInbox",
+    "SlackThread",
     "TuningRun",
     "User",
     "VoteAction",

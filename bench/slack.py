@@ -1,0 +1,122 @@
+"""Slack bench: how fast Slack hears back, and whether any event is lost, under a burst of mentions.
+
+Starts a real `ratchet serve` (its own vLLM, the Slack bot on, Slack's Web API replaced by a local recording
+server), fires N concurrent signed `app_mention` events (each its own thread) plus one Slack retry of each,
+and measures
+  * the acknowledgement latency of each event (Slack's limit is 3 s; target p95 < 300 ms), against the same
+    app's /healthz latency under the same concurrency in the same run (the baseline: an app doing nothing),
+  * events lost: mentions with no answer streamed into their thread once everything settled (target 0), and
+    answers posted twice (a retry answered again; target 0).
+Prints one line per figure, e.g. `slack_ack_ms_p95 41.0`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.settings import get_settings
+from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
+from tests.slack_fake import FakeSlack, event_body, fake_slack, mention, signed_headers
+
+SECRET = "bench-signing-secret"
+QUESTIONS = [
+    "What is a mutex?",
+    "How do I write a good commit message?",
+    "What is the capital of Japan?",
+    "Name three primary colours.",
+    "What does HTTP stand for?",
+]
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[-1]
+
+
+async def timed_post(client: httpx.AsyncClient, path: str, body: bytes, retry: int | None = None) -> float:
+    headers = {"content-type": "application/json", **signed_headers(SECRET, body, retry=retry)}
+    started = time.perf_counter()
+    response = await client.post(path, content=body, headers=headers)
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    return elapsed * 1000
+
+
+async def timed_get(client: httpx.AsyncClient, path: str) -> float:
+    started = time.perf_counter()
+    (await client.get(path)).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+async def run(server: LiveServer, slack: FakeSlack, events: int, settle_s: float) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+        await timed_get(client, "/healthz")
+        baseline = await asyncio.gather(*(timed_get(client, "/healthz") for _ in range(events)))
+        bodies = [
+            event_body(mention(QUESTIONS[i % len(QUESTIONS)], f"U{i:04d}", f"5000.{i:06d}"), f"Ev-bench-{i}")
+            for i in range(events)
+        ]
+        acks = await asyncio.gather(*(timed_post(client, "/slack/events", body) for body in bodies))
+        retried = await asyncio.gather(*(timed_post(client, "/slack/events", body, retry=1) for body in bodies))
+    threads = [f"5000.{i:06d}" for i in range(events)]
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        finished = [t for t in threads if any(slack.streamed_text(ts) is not None for ts in slack.streams_in(t))]
+        if len(finished) == events:
+            break
+        await asyncio.sleep(1)
+    lost = sum(1 for thread in threads if not slack.streams_in(thread))
+    unfinished = sum(
+        1 for thread in threads if not any(slack.streamed_text(ts) is not None for ts in slack.streams_in(thread))
+    )
+    doubled = sum(1 for thread in threads if len(slack.streams_in(thread)) > 1)
+    print(f"slack_ack_ms_p50 {statistics.median(acks):.1f}")
+    print(f"slack_ack_ms_p95 {p95(acks):.1f}")
+    print(f"slack_retry_ack_ms_p95 {p95(retried):.1f}")
+    print(f"healthz_ms_p95_same_concurrency {p95(baseline):.1f}")
+    print(f"ratio slack_ack_p95_vs_healthz_p95 {p95(acks) / p95(baseline):.2f}")
+    print(f"slack_events_lost {lost}")
+    print(f"slack_answers_unfinished_after_{settle_s:.0f}s {unfinished}")
+    print(f"slack_answers_doubled {doubled}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--settle-s", type=float, default=600)
+    args = parser.parse_args()
+    settings = get_settings()
+    with fake_slack() as slack, tempfile.TemporaryDirectory(prefix="ratchet-bench-") as scratch:
+        data_dir = Path(scratch)
+        server = start_server(
+            data_dir,
+            f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
+            settings.base_model_dir.resolve(),
+            {
+                "RATCHET_VLLM_PORT": str(free_port()),
+                "RATCHET_VLLM_URL": "",
+                "RATCHET_LOG_LEVEL": "warning",
+                "RATCHET_SLACK_SIGNING_SECRET": SECRET,
+                "RATCHET_SLACK_BOT_TOKEN": "xoxb-bench",
+                "RATCHET_SLACK_API_URL": slack.url,
+            },
+        )
+        try:
+            print("starting ratchet serve and its vLLM…", file=sys.stderr)
+            wait_ready(server, 900)
+            asyncio.run(run(server, slack, args.events, args.settle_s))
+        finally:
+            stop_server(server)
+
+
+if __name__ == "__main__":
+    main()
