@@ -25,6 +25,7 @@ from server.engine.router import ModelRouter
 from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
+from server.openapi import StrictStructSchemaPlugin
 from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
 from server.review.controllers import ReviewController
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ExportController,
             TuningRunController,
         ],
-        plugins=[SQLAlchemyPlugin(config=db_config)],
+        plugins=[SQLAlchemyPlugin(config=db_config), StrictStructSchemaPlugin()],
         middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],
         lifespan=[serving_lifespan],
         state=State({"settings": settings, "db_config": db_config}),

@@ -23,6 +23,7 @@ from server.chat.schemas import (
 from server.chat.services import ChatService, ConversationService, Turn
 from server.db.models import Channel
 from server.engine.router import ModelRouter
+from server.inputs import Offset
 
 
 def provide_chat_service(state: State) -> ChatService:
@@ -105,7 +106,7 @@ class ConversationController(Controller):
         request: Request[Any, Any, Any],
         conversation_service: ConversationService,
         limit: int = Parameter(default=50, ge=1, le=200),
-        offset: int = Parameter(default=0, ge=0),
+        offset: Offset = 0,
     ) -> list[ConversationSummary]:
         rows = await conversation_service.list_conversations(request.user, limit, offset)
         return [ConversationSummary(row.id, row.title, row.channel, row.created_at, row.updated_at) for row in rows]

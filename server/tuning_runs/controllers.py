@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get
 from litestar.exceptions import NotFoundException
+from litestar.params import Parameter
 from litestar.response import File
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.db.models import Role, TuningRun
+from server.inputs import TextParam
 
 REPORT_MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png"}
 
@@ -79,14 +81,16 @@ class TuningRunController(Controller):
     guards = [requires_role(Role.ADMIN)]
 
     @get("", summary="Nightly tuning runs, newest first")
-    async def list_runs(self, db_session: AsyncSession, limit: int = 50) -> list[TuningRunSummary]:
+    async def list_runs(
+        self, db_session: AsyncSession, limit: Annotated[int, Parameter(ge=1, le=500)] = 50
+    ) -> list[TuningRunSummary]:
         rows = await db_session.scalars(
-            select(TuningRun).order_by(TuningRun.created_at.desc(), TuningRun.id.desc()).limit(min(limit, 500))
+            select(TuningRun).order_by(TuningRun.created_at.desc(), TuningRun.id.desc()).limit(limit)
         )
         return [TuningRunSummary(**_summary(run)) for run in rows]
 
     @get("/{run_id:str}", summary="One run: data counts, held-out figures, outputs, durations, library versions")
-    async def get_run(self, db_session: AsyncSession, run_id: str) -> TuningRunDetail:
+    async def get_run(self, db_session: AsyncSession, run_id: TextParam) -> TuningRunDetail:
         run = await _get(db_session, run_id)
         return TuningRunDetail(
             **_summary(run),
@@ -100,7 +104,7 @@ class TuningRunController(Controller):
         )
 
     @get("/{run_id:str}/report/{name:str}", summary="The run's static report (report.html and its charts)")
-    async def report_file(self, db_session: AsyncSession, run_id: str, name: str) -> File:
+    async def report_file(self, db_session: AsyncSession, run_id: TextParam, name: TextParam) -> File:
         run = await _get(db_session, run_id)
         path = Path(run.run_dir) / name
         # Only the report's own files, never another path of the run directory or above it.
