@@ -20,6 +20,13 @@ NO_NUL = r"^[^\x00]*$"
 Text = Annotated[str, Meta(pattern=NO_NUL)]
 """Free text in a request body."""
 
+# What `str.isspace()` calls whitespace, spelled out: `\s` means a different set to Python and to the JSON Schema
+# (ECMA) regex engines, and the document must allow exactly what the API takes.
+_WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+NonBlankText = Annotated[str, Meta(pattern=rf"^[^\x00]*[^\x00{_WHITESPACE}][^\x00]*$")]
+"""Free text in a request body that must say something (not empty, not only whitespace)."""
+
 TextParam = Annotated[str, Parameter(pattern=NO_NUL)]
 """Free text in a path or query parameter."""
 

@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta, Struct
 
-from server.inputs import Text
+from server.inputs import NonBlankText, Text
 
 # Far above any context length; vLLM refuses what does not fit its own (400).
 MAX_TOKENS = 2**31 - 1
@@ -17,12 +17,14 @@ MAX_TOKENS = 2**31 - 1
 
 class TextPart(Struct):
     type: Literal["text"]
-    text: Text
+    text: NonBlankText
 
 
 class ChatMessage(Struct):
     role: Literal["system", "user", "assistant"]
-    content: Text | list[TextPart]
+    # Every message must say something. That the last one is the user's the chat service checks: a schema cannot
+    # single out an array's last item.
+    content: NonBlankText | Annotated[list[TextPart], Meta(min_length=1)]
 
     def text(self) -> str:
         if isinstance(self.content, str):
