@@ -5,14 +5,11 @@ that need vLLM to answer (and /readyz, which reports it) may say 503; nothing ma
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from schemathesis.checks import not_a_server_error
 
 from server.app import create_app
@@ -20,8 +17,8 @@ from server.auth.services import UserService
 from server.db.engine import build_db_config
 from server.db.models import Role, metadata
 from server.settings import Settings
-from server.testing import free_port
 from tests.conftest import PREPARED_MODEL, UNREACHABLE_VLLM
+from tests.unit.served import served
 
 # Examples per operation in the fuzzing phase; the coverage phase adds its boundary and negative cases on top.
 MAX_EXAMPLES = 40
@@ -57,6 +54,9 @@ def _settings(database_url: str, data_dir: Path) -> Settings:
         vllm_url=UNREACHABLE_VLLM,
         base_model=PREPARED_MODEL,
         token_cache_ttl_s=0,
+        # One admin sends every case: limits would answer most of them 429 before they reach anything.
+        rate_limit_chat_per_minute=0,
+        rate_limit_feedback_per_minute=0,
     )
 
 
@@ -79,24 +79,14 @@ async def _delete_all_rows(settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def served_app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The app served by uvicorn in a thread (its own event loop), as `ratchet serve` runs it, once per backend for
-    every operation; its base URL and an admin token. Every row it wrote is removed afterwards."""
+    """The app served over HTTP once per backend for every operation: its base URL and an admin token. Every row
+    it wrote is removed afterwards."""
     settings = _settings(database_url, tmp_path_factory.mktemp("fuzz"))
     token = asyncio.run(_admin_token(settings))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{server.config.port}", token
+        with served(create_app(settings)) as base_url:
+            yield base_url, token
     finally:
-        server.should_exit = True
-        thread.join(30)
         asyncio.run(_delete_all_rows(settings))
 
 
