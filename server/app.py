@@ -25,6 +25,7 @@ from server.engine.router import ModelRouter
 from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
+from server.limits import STORE_NAME, rate_limit_middleware, rate_limit_store
 from server.openapi import StrictStructSchemaPlugin
 from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
@@ -96,7 +97,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TuningRunController,
         ],
         plugins=[SQLAlchemyPlugin(config=db_config), StrictStructSchemaPlugin()],
-        middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],
+        middleware=[
+            DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS),
+            *rate_limit_middleware(settings),
+        ],
+        stores={STORE_NAME: rate_limit_store(settings)},
+        request_max_body_size=settings.max_body_bytes,
         lifespan=[serving_lifespan],
         state=State({"settings": settings, "db_config": db_config}),
         exception_handlers=EXCEPTION_HANDLERS,

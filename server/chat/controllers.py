@@ -24,6 +24,7 @@ from server.chat.services import ChatService, ConversationService, Turn
 from server.db.models import Channel
 from server.engine.router import ModelRouter
 from server.inputs import Offset
+from server.limits import CHAT, rate_limited
 
 
 def provide_chat_service(state: State) -> ChatService:
@@ -59,7 +60,12 @@ class ChatController(Controller):
         "model_router": Provide(provide_model_router, sync_to_thread=False),
     }
 
-    @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
+    @post(
+        "/chat/completions",
+        status_code=200,
+        summary="Create a chat completion (OpenAI-compatible)",
+        opt=rate_limited(CHAT),
+    )
     async def create_chat_completion(
         self, request: Request[Any, Any, Any], data: ChatCompletionRequest, chat_service: ChatService
     ) -> Response[Any]:

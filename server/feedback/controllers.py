@@ -16,6 +16,7 @@ from server.chat.services import ChatService
 from server.db.models import Message, Role
 from server.feedback.schemas import DeletedData, RegeneratedAnswer, Vote, VoteInput
 from server.feedback.services import AnswerNotFoundError, FeedbackService, UserDataService, UserNotFoundError
+from server.limits import CHAT, FEEDBACK, rate_limited
 
 
 def provide_feedback_service(state: State) -> FeedbackService:
@@ -53,7 +54,7 @@ class FeedbackController(Controller):
         "chat_service": Provide(provide_chat_service, sync_to_thread=False),
     }
 
-    @put("/feedback", summary="Vote on an answer (replaces the caller's earlier vote)")
+    @put("/feedback", summary="Vote on an answer (replaces the caller's earlier vote)", opt=rate_limited(FEEDBACK))
     async def set_vote(
         self, request: Request[Any, Any, Any], message_id: UUID, data: VoteInput, feedback_service: FeedbackService
     ) -> Vote:
@@ -64,7 +65,7 @@ class FeedbackController(Controller):
         except AnswerNotFoundError as error:
             raise NotFoundException(str(error)) from error
 
-    @delete("/feedback", summary="Withdraw the caller's vote on an answer", status_code=204)
+    @delete("/feedback", summary="Withdraw the caller's vote on an answer", status_code=204, opt=rate_limited(FEEDBACK))
     async def withdraw_vote(
         self, request: Request[Any, Any, Any], message_id: UUID, feedback_service: FeedbackService
     ) -> None:
@@ -82,7 +83,7 @@ class FeedbackController(Controller):
         except AnswerNotFoundError as error:
             raise NotFoundException(str(error)) from error
 
-    @post("/regenerate", summary="Generate a new answer to the same context", status_code=201)
+    @post("/regenerate", summary="Generate a new answer to the same context", status_code=201, opt=rate_limited(CHAT))
     async def regenerate(
         self, request: Request[Any, Any, Any], message_id: UUID, chat_service: ChatService
     ) -> RegeneratedAnswer:
