@@ -21,7 +21,7 @@ from tests.conftest import PREPARED_MODEL, UNREACHABLE_VLLM
 from tests.unit.served import served
 
 # Examples per operation in the fuzzing phase; the coverage phase adds its boundary and negative cases on top.
-MAX_EXAMPLES = 40
+MAX_EXAMPLES = 25
 SEED = 20261201
 CLIENT_ERRORS = ["1xx", "2xx", "3xx", "4xx"]
 NEEDS_VLLM = ["/v1/chat/completions", "/api/messages/{message_id}/regenerate", "/readyz"]
