@@ -243,6 +243,8 @@ async def bench(args: argparse.Namespace, url: str, data_dir: Path) -> int:
         "RATCHET_DATABASE_URL": url,
         "RATCHET_VLLM_URL": UNREACHABLE_VLLM,
         "RATCHET_LOG_LEVEL": "warning",
+        # Each simulated client votes far faster than a person does.
+        "RATCHET_RATE_LIMIT_FEEDBACK_PER_MINUTE": "0",
     }
     server = start_serve(env, port, data_dir / "serve.log")
     try:

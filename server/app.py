@@ -27,6 +27,8 @@ from server.engine.launcher import EngineState, VllmLauncher
 from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
+from server.limits import STORE_NAME, rate_limit_middleware, rate_limit_store
+from server.openapi import StrictStructSchemaPlugin
 from server.models.services import ModelRouter
 from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
@@ -107,8 +109,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ExportController,
             TuningRunController,
         ],
-        plugins=[SQLAlchemyPlugin(config=db_config)],
-        middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],
+        plugins=[SQLAlchemyPlugin(config=db_config), StrictStructSchemaPlugin()],
+        middleware=[
+            DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS),
+            *rate_limit_middleware(settings),
+        ],
+        stores={STORE_NAME: rate_limit_store(settings)},
+        request_max_body_size=settings.max_body_bytes,
         lifespan=[serving_lifespan, *([slack_lifespan] if slack else [])],
         state=State({"settings": settings, "db_config": db_config}),
         exception_handlers=EXCEPTION_HANDLERS,

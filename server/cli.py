@@ -10,6 +10,7 @@ import time
 
 import click
 import httpx
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -17,7 +18,7 @@ from server.db.models import Role
 from server.exports.cli import data
 from server.feedback.cli import delete_user
 from server.rails.cli import rails as rails_group
-from server.settings import Settings, get_settings
+from server.settings import Settings, get_settings, masked_url
 from server.slack.cli import slack as slack_group
 from tuning.cli import tune
 
@@ -28,6 +29,14 @@ console = Console(stderr=True)
 def main() -> None:
     """Ratchet: a self-hosted chat assistant that learns from its users."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        get_settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise click.ClickException(f"Ratchet's settings are not valid, nothing started. {problems}") from None
 
 
 data.add_command(delete_user)
@@ -124,8 +133,15 @@ def serve(host: str | None, port: int | None) -> None:
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     threading.Thread(target=_announce_when_ready, args=(settings, host, port), daemon=True).start()
+    # proxy_headers off: the app must see the peer's own address (RATCHET_TRUSTED_PROXIES), never X-Forwarded-For.
     uvicorn.run(
-        "server.app:create_app", factory=True, host=host, port=port, log_level=settings.log_level, access_log=False
+        "server.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
     )
 
 
@@ -150,10 +166,16 @@ def _announce_when_ready(settings: Settings, host: str, port: int) -> None:
     console.print(f"[bold red]Ratchet did not become ready[/]; see {settings.data_dir / 'logs'}")
 
 
-def _shown(default: object) -> str:
-    if default is None or default == "":
+def _shown(value: object) -> str:
+    """A setting as printed: secrets masked (a URL keeps everything but its password), empty ones as `(empty)`."""
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        if not secret:
+            return "(empty)"
+        return masked_url(secret) if "://" in secret else "(set)"
+    if value is None or value == "":
         return "(empty)"
-    return str(default)
+    return masked_url(value) if isinstance(value, str) else str(value)
 
 
 @main.command("settings")
@@ -162,7 +184,7 @@ def show_settings(markdown: bool) -> None:
     """Every setting, its env var, default and current value."""
     current = get_settings()
     rows = [
-        (f"RATCHET_{name.upper()}", _shown(field.default), str(getattr(current, name)), field.description or "")
+        (f"RATCHET_{name.upper()}", _shown(field.default), _shown(getattr(current, name)), field.description or "")
         for name, field in Settings.model_fields.items()
     ]
     if markdown:
@@ -173,7 +195,7 @@ def show_settings(markdown: bool) -> None:
         return
     table = Table("env var", "default", "current", "what it does")
     for env, default, value, doc in rows:
-        table.add_row(env, default, "(set)" if "token" in env.lower() else value, doc)
+        table.add_row(env, default, value, doc)
     Console().print(table)
 
 

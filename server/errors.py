@@ -9,6 +9,7 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from server.exceptions import RatchetError
@@ -22,8 +23,11 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
     503: "engine_unavailable",
 }
+_HTTP_CODES = {413: "request_too_large", 429: "rate_limit_exceeded"}
 
 
 def error_response(request: Request[Any, Any, Any], status: int, message: str, code: str | None = None) -> Response:
@@ -47,7 +51,13 @@ def _validation_message(exc: ValidationException) -> str:
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         return error_response(request, 400, _validation_message(exc), "invalid_body")
-    return error_response(request, exc.status_code, exc.detail)
+    detail = exc.detail
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"The request body is larger than the {limit} bytes this server takes (RATCHET_MAX_BODY_BYTES)."
+    response = error_response(request, exc.status_code, detail, _HTTP_CODES.get(exc.status_code))
+    response.headers.update(exc.headers or {})  # e.g. Retry-After on 429, Allow on 405
+    return response
 
 
 def handle_ratchet_error(request: Request[Any, Any, Any], exc: RatchetError) -> Response:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import re
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -20,13 +23,18 @@ DEFAULT_SYSTEM_PROMPT = (
 class Settings(BaseSettings):
     """Ratchet settings. Field docs are the README's settings table (see `ratchet settings`)."""
 
-    model_config = SettingsConfigDict(env_prefix="RATCHET_", env_file=".env", extra="ignore")
+    # Inputs stay out of validation errors: they may be secrets.
+    model_config = SettingsConfigDict(env_prefix="RATCHET_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(
         Path("var"),
         description="Where the database, models, adapters and derived data (the fitted jailbreak classifier) live.",
     )
-    database_url: str = Field("", description="SQLAlchemy async URL; empty means a SQLite file in the data dir.")
+    database_url: SecretStr = Field(
+        SecretStr(""),
+        description="SQLAlchemy async URL; empty means a SQLite file in the data dir. Secret: shown without its "
+        "password.",
+    )
     db_pool_size: int = Field(
         32, description="PostgreSQL connections the API keeps open; size it to the concurrent requests expected."
     )
@@ -68,7 +76,36 @@ class Settings(BaseSettings):
         10, description="Seconds a verified API token is cached in memory (revocation takes this long)."
     )
     trusted_user_header: str = Field(
-        "", description="Header an SSO proxy sets to the user's name; empty (default) turns the mode off."
+        "",
+        description="Header an SSO proxy sets to the user's name; empty (default) turns the mode off. Needs "
+        "RATCHET_TRUSTED_PROXY_SECRET or RATCHET_TRUSTED_PROXIES, or the app refuses to start.",
+    )
+    trusted_proxy_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Secret the SSO proxy sends in RATCHET_TRUSTED_PROXY_SECRET_HEADER; the user header is only "
+        "believed with it (compared in constant time). Secret: never shown.",
+    )
+    trusted_proxy_secret_header: str = Field(
+        "X-Ratchet-Proxy-Secret", description="Header that carries RATCHET_TRUSTED_PROXY_SECRET."
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks (CIDR) of the SSO proxy; the user header is only "
+        "believed from them (the peer address, not X-Forwarded-For).",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr(""),
+        description="Redis URL for what replicas share (rate-limit counts); empty keeps it in each process's "
+        "memory. Secret: shown without its password.",
+    )
+    rate_limit_chat_per_minute: int = Field(
+        30, ge=0, description="Chat completions and regenerations one user may start per minute; 0: no limit."
+    )
+    rate_limit_feedback_per_minute: int = Field(
+        120, ge=0, description="Votes one user may cast or withdraw per minute; 0: no limit."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted on any route (413 beyond, nothing read)."
     )
     rails_enabled: bool = Field(
         True, description="Run the guardrails (input rails before, output rails after every answer)."
@@ -108,11 +145,33 @@ class Settings(BaseSettings):
     public_url: str = Field(
         "", description="The app's public base URL, for links to the review page (e.g. in Slack notices)."
     )
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip())  # a ValueError names the malformed entry
+        return value
+
+    @model_validator(mode="after")
+    def _check_connections(self) -> Settings:
+        if self.trusted_user_header and not (self.trusted_proxy_secret.get_secret_value() or self.trusted_proxies):
+            raise ValueError(
+                "RATCHET_TRUSTED_USER_HEADER needs RATCHET_TRUSTED_PROXY_SECRET or RATCHET_TRUSTED_PROXIES: "
+                "without either, anyone who can reach the app could claim to be any user, admins included."
+            )
+        if urlsplit(self.vllm_url).password is not None:
+            raise ValueError("RATCHET_VLLM_URL must not carry a password: it would appear in error messages.")
+        return self
+
+    @cached_property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item.strip()) for item in self.trusted_proxies.split(",") if item.strip()]
 
     @cached_property
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        if url := self.database_url.get_secret_value():
+            return url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'ratchet.db').resolve()}"
 
     @cached_property
@@ -140,6 +199,25 @@ class Settings(BaseSettings):
     @cached_property
     def cpu_threads(self) -> int:
         return self.vllm_cpu_threads or len(os.sched_getaffinity(0))
+
+
+_SECRET_QUERY_KEY = re.compile(r"(?i)(password|passwd|secret|token|key)")
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password (and any password-like query value) replaced by `***`, for printouts and logs."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    pairs = [item.partition("=") for item in parts.query.split("&") if item]
+    has_password = bool(at) and ":" in userinfo
+    if not has_password and not any(_SECRET_QUERY_KEY.search(key) for key, _, _ in pairs):
+        return url  # untouched: a round trip through urlsplit can change a URL (sqlite:////abs/path)
+    if has_password:
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}")
+    query = "&".join(
+        f"{key}=***" if _SECRET_QUERY_KEY.search(key) else f"{key}{sep}{value}" for key, sep, value in pairs
+    )
+    return parts._replace(query=query).geturl()
 
 
 @lru_cache

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from server.auth.services import UserService
 from server.settings import Settings
+
+
+def from_trusted_proxy(connection: ASGIConnection, settings: Settings) -> bool:
+    """Whether the request comes from the SSO proxy: it carries the shared secret and/or comes from one of the
+    proxy's addresses, whichever of the two are configured (both, when both are)."""
+    secret = settings.trusted_proxy_secret.get_secret_value()
+    if secret:
+        sent = connection.headers.get(settings.trusted_proxy_secret_header, "")
+        if not hmac.compare_digest(sent.encode(), secret.encode()):
+            return False
+    if settings.trusted_proxy_networks:
+        try:
+            peer = ipaddress.ip_address(connection.client.host if connection.client else "")
+        except ValueError:
+            return False
+        if not any(peer in network for network in settings.trusted_proxy_networks):
+            return False
+    return True
 
 
 class TokenAuthenticationMiddleware(AbstractAuthenticationMiddleware):
@@ -17,6 +38,11 @@ class TokenAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         if settings.trusted_user_header:
             name = connection.headers.get(settings.trusted_user_header)
             if name:
+                if not from_trusted_proxy(connection, settings):
+                    raise NotAuthorizedException(
+                        f"`{settings.trusted_user_header}` is only taken from the SSO proxy, and this request "
+                        "does not come from it."
+                    )
                 return AuthenticationResult(user=await users.principal_for_trusted_name(name), auth=None)
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:

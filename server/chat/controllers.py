@@ -23,6 +23,8 @@ from server.chat.schemas import (
 )
 from server.chat.services import ChatService
 from server.db.models import Channel
+from server.inputs import Offset
+from server.limits import CHAT, rate_limited
 from server.models.services import ModelRouter
 
 
@@ -46,7 +48,12 @@ class ChatController(Controller):
         "model_router": Provide(provide_model_router, sync_to_thread=False),
     }
 
-    @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
+    @post(
+        "/chat/completions",
+        status_code=200,
+        summary="Create a chat completion (OpenAI-compatible)",
+        opt=rate_limited(CHAT),
+    )
     async def create_chat_completion(
         self, request: Request[Any, Any, Any], data: ChatCompletionRequest, chat_service: ChatService
     ) -> Response[Any]:
@@ -93,7 +100,7 @@ class ConversationController(Controller):
         request: Request[Any, Any, Any],
         conversation_service: ConversationService,
         limit: int = Parameter(default=50, ge=1, le=200),
-        offset: int = Parameter(default=0, ge=0),
+        offset: Offset = 0,
     ) -> list[ConversationSummary]:
         rows = await conversation_service.list_conversations(request.user, limit, offset)
         return [ConversationSummary(row.id, row.title, row.channel, row.created_at, row.updated_at) for row in rows]

@@ -9,15 +9,22 @@ from uuid import UUID
 
 from msgspec import Meta, Struct
 
+from server.inputs import NonBlankText, Text
+
+# Far above any context length; vLLM refuses what does not fit its own (400).
+MAX_TOKENS = 2**31 - 1
+
 
 class TextPart(Struct):
     type: Literal["text"]
-    text: str
+    text: NonBlankText
 
 
 class ChatMessage(Struct):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    # Every message must say something. That the last one is the user's the chat service checks: a schema cannot
+    # single out an array's last item.
+    content: NonBlankText | Annotated[list[TextPart], Meta(min_length=1)]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -31,16 +38,16 @@ class StreamOptions(Struct):
 
 class ChatCompletionRequest(Struct):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    model: str | None = None
+    model: Text | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
-    stop: str | Annotated[list[str], Meta(max_length=8)] | None = None
-    seed: int | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS)] | None = None
+    stop: Text | Annotated[list[Text], Meta(max_length=8)] | None = None
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
     # Ratchet extension: continue a stored conversation instead of starting a new one.
     conversation_id: UUID | None = None
 

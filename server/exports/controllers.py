@@ -7,13 +7,13 @@ from datetime import datetime
 from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import ClientException
 from litestar.response import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.db.models import Channel, Role
 from server.exports.services import ExportFilters, ExportService
+from server.inputs import OptionalTextParam, time_window
 
 
 def provide_export_service(db_session: AsyncSession, state: State) -> ExportService:
@@ -23,9 +23,7 @@ def provide_export_service(db_session: AsyncSession, state: State) -> ExportServ
 def export_filters(
     since: datetime | None, until: datetime | None, model_version: str | None, channel: Channel | None = None
 ) -> ExportFilters:
-    if since and until and since >= until:
-        raise ClientException("`since` must be before `until`.")
-    return ExportFilters(since, until, model_version, channel.value if channel else None)
+    return ExportFilters(*time_window(since, until), model_version, channel.value if channel else None)
 
 
 class ExportController(Controller):
@@ -40,7 +38,7 @@ class ExportController(Controller):
         export_service: ExportService,
         since: datetime | None = None,
         until: datetime | None = None,
-        model_version: str | None = None,
+        model_version: OptionalTextParam = None,
         channel: Channel | None = None,
     ) -> Response[bytes]:
         """Answers whose feedback (vote or review decision) last changed in [`since`, `until`), optionally of one
@@ -62,7 +60,7 @@ class ExportController(Controller):
         export_service: ExportService,
         since: datetime | None = None,
         until: datetime | None = None,
-        model_version: str | None = None,
+        model_version: OptionalTextParam = None,
         channel: Channel | None = None,
     ) -> dict[str, object]:
         return (await export_service.build(export_filters(since, until, model_version, channel))).manifest

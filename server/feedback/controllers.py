@@ -15,6 +15,7 @@ from server.chat.regeneration import RegenerationService
 from server.db.models import Message, Role
 from server.feedback.schemas import DeletedData, RegeneratedAnswer, Vote, VoteInput
 from server.feedback.services import FeedbackService, UserDataService
+from server.limits import CHAT, FEEDBACK, rate_limited
 
 
 def provide_feedback_service(state: State) -> FeedbackService:
@@ -52,7 +53,7 @@ class FeedbackController(Controller):
         "regeneration_service": Provide(provide_regeneration_service, sync_to_thread=False),
     }
 
-    @put("/feedback", summary="Vote on an answer (replaces the caller's earlier vote)")
+    @put("/feedback", summary="Vote on an answer (replaces the caller's earlier vote)", opt=rate_limited(FEEDBACK))
     async def set_vote(
         self, request: Request[Any, Any, Any], message_id: UUID, data: VoteInput, feedback_service: FeedbackService
     ) -> Vote:
@@ -60,7 +61,7 @@ class FeedbackController(Controller):
         write wins and every change is kept. 404 if the answer is not the caller's; 400 for any other value."""
         return await feedback_service.set_vote(request.user, message_id, data.value, data.reasons, data.comment)
 
-    @delete("/feedback", summary="Withdraw the caller's vote on an answer", status_code=204)
+    @delete("/feedback", summary="Withdraw the caller's vote on an answer", status_code=204, opt=rate_limited(FEEDBACK))
     async def withdraw_vote(
         self, request: Request[Any, Any, Any], message_id: UUID, feedback_service: FeedbackService
     ) -> None:
@@ -72,7 +73,7 @@ class FeedbackController(Controller):
     ) -> Vote:
         return await feedback_service.get_vote(request.user, message_id)
 
-    @post("/regenerate", summary="Generate a new answer to the same context", status_code=201)
+    @post("/regenerate", summary="Generate a new answer to the same context", status_code=201, opt=rate_limited(CHAT))
     async def regenerate(
         self, request: Request[Any, Any, Any], message_id: UUID, regeneration_service: RegenerationService
     ) -> RegeneratedAnswer:

@@ -9,6 +9,7 @@ from uuid import UUID
 from msgspec import Meta, Struct
 
 from server.db.models import VoteReason, VoteValue
+from server.inputs import Text
 
 MAX_COMMENT_CHARS = 2000
 
@@ -18,7 +19,7 @@ class VoteInput(Struct, forbid_unknown_fields=True):
 
     value: VoteValue
     reasons: Annotated[list[VoteReason], Meta(max_length=len(VoteReason))] = []
-    comment: Annotated[str, Meta(max_length=MAX_COMMENT_CHARS)] = ""
+    comment: Annotated[Text, Meta(max_length=MAX_COMMENT_CHARS)] = ""
 
 
 class Vote(Struct):

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.db.models import Channel, Role, VoteReason
+from server.inputs import Offset, OptionalTextParam, time_window
 from server.review.schemas import DecisionInput, FlagInput, ReviewItem, ReviewPage, ReviewSource, ReviewStatus
 from server.review.services import QueueFilters, ReviewService
 
@@ -36,15 +37,14 @@ class ReviewController(Controller):
         source: ReviewSource | None = None,
         reason: VoteReason | None = None,
         channel: Channel | None = None,
-        model_version: str | None = None,
+        model_version: OptionalTextParam = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> ReviewPage:
         """Newest first. `reason` keeps thumbs-down items with that reason; `since` is inclusive, `until` not."""
-        if since and until and since >= until:
-            raise ClientException("`since` must be before `until`.")
+        since, until = time_window(since, until)
         filters = QueueFilters(status, source, reason, channel, model_version, since, until)
         return await review_service.queue(filters, limit, offset)
 

@@ -10,6 +10,7 @@ from uuid import UUID
 from msgspec import Meta, Struct
 
 from server.db.models import ReviewDecisionKind, VoteReason
+from server.inputs import Text
 
 MAX_TEXT_CHARS = 20_000
 
@@ -30,7 +31,7 @@ class ReviewStatus(enum.StrEnum):
 
 class FlagInput(Struct, forbid_unknown_fields=True):
     message_id: UUID
-    note: Annotated[str, Meta(max_length=2000)] = ""
+    note: Annotated[Text, Meta(max_length=2000)] = ""
 
 
 class DecisionInput(Struct, forbid_unknown_fields=True):
@@ -38,8 +39,8 @@ class DecisionInput(Struct, forbid_unknown_fields=True):
     should have given (required for `correct`, refused otherwise)."""
 
     decision: ReviewDecisionKind
-    correction: Annotated[str, Meta(max_length=MAX_TEXT_CHARS)] | None = None
-    note: Annotated[str, Meta(max_length=2000)] = ""
+    correction: Annotated[Text, Meta(max_length=MAX_TEXT_CHARS)] | None = None
+    note: Annotated[Text, Meta(max_length=2000)] = ""
 
 
 class VoteView(Struct):

@@ -3,15 +3,17 @@ The app only reads what the tuning job wrote; it never starts or changes a run."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, get
 from litestar.di import Provide
+from litestar.params import Parameter
 from litestar.response import File
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.db.models import Role, TuningRun
+from server.inputs import TextParam
 from server.tuning_runs.schemas import TuningRunDetail, TuningRunSummary
 from server.tuning_runs.services import REPORT_MEDIA_TYPES, TuningRunService, report_url
 
@@ -43,11 +45,13 @@ class TuningRunController(Controller):
     dependencies = {"tuning_run_service": Provide(provide_tuning_run_service, sync_to_thread=False)}
 
     @get("", summary="Nightly tuning runs, newest first")
-    async def list_runs(self, tuning_run_service: TuningRunService, limit: int = 50) -> list[TuningRunSummary]:
-        return [TuningRunSummary(**_summary(run)) for run in await tuning_run_service.newest(min(limit, 500))]
+    async def list_runs(
+        self, tuning_run_service: TuningRunService, limit: Annotated[int, Parameter(ge=1, le=500)] = 50
+    ) -> list[TuningRunSummary]:
+        return [TuningRunSummary(**_summary(run)) for run in await tuning_run_service.newest(limit)]
 
     @get("/{run_id:str}", summary="One run: data counts, held-out figures, outputs, durations, library versions")
-    async def get_run(self, tuning_run_service: TuningRunService, run_id: str) -> TuningRunDetail:
+    async def get_run(self, tuning_run_service: TuningRunService, run_id: TextParam) -> TuningRunDetail:
         run = await tuning_run_service.get(run_id)
         return TuningRunDetail(
             **_summary(run),
@@ -61,6 +65,6 @@ class TuningRunController(Controller):
         )
 
     @get("/{run_id:str}/report/{name:str}", summary="The run's static report (report.html and its charts)")
-    async def report_file(self, tuning_run_service: TuningRunService, run_id: str, name: str) -> File:
+    async def report_file(self, tuning_run_service: TuningRunService, run_id: TextParam, name: TextParam) -> File:
         path = await tuning_run_service.report_file(run_id, name)
         return File(path, media_type=REPORT_MEDIA_TYPES[path.suffix], content_disposition_type="inline")

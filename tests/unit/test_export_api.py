@@ -201,7 +201,7 @@ async def test_cli_export_writes_the_same_files_as_the_endpoint(
     seeded = await seeded_with_admin(sessions)
     files = await export(client, seeded, model_version="smollm2-135m-instruct")
     out = tmp_path / "export"
-    env = {**os.environ, "RATCHET_DATABASE_URL": settings.database_url, "RATCHET_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "RATCHET_DATABASE_URL": settings.resolved_database_url, "RATCHET_DATA_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "server.cli", "data", "export", "--model-version", "smollm2-135m-instruct"]
     result = await anyio.run_process([*command, "--out", str(out)], env=env, check=False)
     assert result.returncode == 0, result.stderr.decode()
@@ -262,7 +262,11 @@ async def test_cli_delete_user_removes_that_users_data_and_refuses_an_unknown_na
     sessions: async_sessionmaker[AsyncSession], settings: Settings, tmp_path: Path
 ) -> None:
     seeded = await seeded_with_admin(sessions)
-    env = {**os.environ, "RATCHET_DATABASE_URL": settings.database_url, "RATCHET_DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "RATCHET_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RATCHET_DATA_DIR": str(tmp_path),
+    }
     command = [sys.executable, "-m", "server.cli", "data", "delete-user"]
     messages = await count(sessions, Message)
 
