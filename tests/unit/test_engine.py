@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.db.models import ModelAlias, ModelVersion
 from server.engine.launcher import vllm_command, vllm_environment
 from server.engine.router import ModelRouter, UnknownModelError
+from server.models.base_checkpoint import prepare_base_model
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
-from tuning.base_model import prepare_base_model
 
 
 def test_managed_vllm_allows_runtime_adapters_and_prompt_embeddings() -> None:
