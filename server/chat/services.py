@@ -25,6 +25,7 @@ from server.chat.speculation import Speculation, open_stream
 from server.db.models import Conversation, Message, MessageStatus
 from server.engine.client import EngineClient, EngineRejectedError, EngineUnavailableError
 from server.engine.router import ModelRouter, Route
+from server.models.generation_defaults import served_defaults
 from server.privacy.redaction import redact
 from server.rails.base import Rails, RailVerdict
 from server.rails.records import count_verdicts, store_verdicts
@@ -152,7 +153,7 @@ class ChatService:
             raise InvalidChatError("The last user message is empty.")
         route = self._router.resolve(request.model)
         messages, system_prompt_version = self._prompt(request)
-        sampling = request.sampling(self._settings.default_max_tokens)
+        sampling = request.sampling(served_defaults(self._settings).sampling())
         payload = _payload(route, messages, sampling, uuid7(), request.stream)
         rails = self._rails.current if self._rails is not None else None
         speculation = self._speculate(payload, request.stream) if rails is not None else None
@@ -485,8 +486,10 @@ class ChatService:
         route = self._router.resolve(original.model_alias or original.model_version)
         if reason := self._engine_down_reason():
             raise EngineUnavailableError(reason)
-        # A fixed seed would reproduce the very answer being replaced.
-        sampling = {name: value for name, value in (original.sampling or {}).items() if name != "seed"}
+        # A fixed seed would reproduce the very answer being replaced; an answer stored before the served defaults
+        # were recorded gets them for what it left out.
+        kept = {name: value for name, value in (original.sampling or {}).items() if name != "seed"}
+        sampling = {**served_defaults(self._settings).sampling(), **kept}
         sibling_id = uuid7()
         async with self._sessions.begin() as session:
             session.add(

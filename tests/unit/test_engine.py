@@ -13,6 +13,7 @@ from server.db.models import ModelAlias, ModelVersion
 from server.engine.launcher import vllm_command, vllm_environment
 from server.engine.router import ModelRouter, UnknownModelError
 from server.models.base_checkpoint import prepare_base_model
+from server.models.generation_defaults import served_defaults
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
 
@@ -72,7 +73,8 @@ async def test_router_sends_about_the_canary_fraction_to_the_canary(
 def test_prepare_is_a_no_op_when_the_conversion_exists() -> None:
     if not (PREPARED_MODEL / "ratchet-manifest.json").exists():
         pytest.skip("base model not prepared here")
-    result = prepare_base_model(PREPARED_MODEL)
+    # With the defaults it serves already, so that only the conversion is in question here.
+    result = prepare_base_model(PREPARED_MODEL, generation=served_defaults(Settings(base_model=PREPARED_MODEL)))
     assert result.created is False
     assert result.manifest["dtype"] == "float32"
     assert len(str(result.manifest["source_sha256"])) == 64
