@@ -8,10 +8,13 @@ from functools import cache
 
 from spellchecker import SpellChecker
 
-# Share of an answer's words that no English dictionary knows, above which it reads as word salad. Answers at
-# the served defaults with technical words (mutex, JSON, onboarding, British spellings) stay under 0.15.
+# Share of an answer's distinct words that the dictionary does not know, above which it reads as word salad; only
+# judged from NON_WORD_MIN_WORDS distinct words on, since a short answer is mostly names and numbers.
 NON_WORD_SHARE = 0.25
+NON_WORD_MIN_WORDS = 12
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+# The dictionary spells American; these British endings are words too (metre, colour, organise, analyse).
+_BRITISH = [("tre", "ter"), ("our", "or"), ("ise", "ize"), ("isation", "ization"), ("yse", "yze"), ("ogue", "og")]
 
 
 def looping(answer: str) -> bool:
@@ -37,11 +40,21 @@ def _dictionary() -> SpellChecker:
     return SpellChecker()
 
 
+def _american(word: str) -> str:
+    for british, american in _BRITISH:
+        stem = word.rstrip("sd")
+        if stem.endswith(british):
+            return stem[: -len(british)] + american
+    return word
+
+
 def non_word_share(answer: str) -> float:
-    words = _WORD.findall(answer.lower())
-    if not words:
+    """Share of the answer's distinct words the dictionary knows in neither spelling (0 below the minimum)."""
+    words = set(_WORD.findall(answer.lower()))
+    if len(words) < NON_WORD_MIN_WORDS:
         return 0.0
-    return len(_dictionary().unknown(words)) / len(set(words))
+    unknown = _dictionary().unknown(words)
+    return len(_dictionary().unknown({_american(word) for word in unknown})) / len(words)
 
 
 def degenerate_reason(answer: str, finish_reason: str | None, system_prompt: str) -> str | None:

@@ -14,7 +14,8 @@ both under Ratchet's system prompt. Prints one line per figure:
 and the ratios ratchet vs vllm_defaults.
 
 `--choose` runs the tuning set instead (never the held-out one) at each candidate setting, straight to vLLM, which is
-how the served defaults in server/models/generation.py were chosen.
+how the served defaults in server/models/generation_defaults.py were chosen. Every answer is kept in
+bench/results/*-progress.jsonl as it comes; `--rescore FILE` prints the figures of such a file again.
 
 Run: `nice -n 10 .venv/bin/python bench/quality.py` (about 10 minutes on the quiet 2-core box).
 """
@@ -64,31 +65,39 @@ class Question:
 
 @dataclass
 class Answer:
+    run: str
     question: str
     text: str
     finish_reason: str | None
     tokens: int
     correct: bool | None
-    degenerate: str | None
-    message_id: str | None
+    message_id: str | None = None
+
+    @property
+    def degenerate(self) -> str | None:
+        return degenerate_reason(self.text, self.finish_reason, get_settings().system_prompt)
 
 
 def load(split: str) -> list[Question]:
     return [Question(**item) for item in json.loads(QUESTIONS.read_text())[split]]
 
 
+def named(sampling: dict[str, Any]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sampling.items())
+
+
 async def ask_all(
     client: httpx.AsyncClient,
-    url: str,
-    headers: dict[str, str],
-    model: str,
+    run: str,
+    target: tuple[str, dict[str, str], str],
     questions: list[Question],
     samples: int,
     sampling: dict[str, Any],
     gate: asyncio.Semaphore,
     progress: Path,
 ) -> list[Answer]:
-    """Every answer is also appended to `progress` as it comes, so a run cut short keeps what it got."""
+    """Every answer is also appended to `progress` as it comes, so a run cut short keeps what it got (--rescore)."""
+    url, headers, model = target
     system = {"role": "system", "content": get_settings().system_prompt}
 
     async def ask(question: Question) -> Answer:
@@ -98,16 +107,16 @@ async def ask_all(
         choice = reply["choices"][0]
         text = choice["message"]["content"] or ""
         answer = Answer(
+            run,
             question.question,
             text,
             choice.get("finish_reason"),
             reply["usage"]["completion_tokens"],
             question.right(text),
-            degenerate_reason(text, choice.get("finish_reason"), system["content"]),
             reply.get("ratchet", {}).get("message_id"),
         )
         with progress.open("a") as out:
-            out.write(json.dumps({"sampling": sampling or "served defaults", **asdict(answer)}) + "\n")
+            out.write(json.dumps(asdict(answer)) + "\n")
         return answer
 
     return await asyncio.gather(*(ask(question) for question in questions for _ in range(samples)))
@@ -142,7 +151,7 @@ def figures(answers: list[Answer]) -> dict[str, float]:
     tokens = sorted(answer.tokens for answer in answers)
     return {
         "degenerate_rate": sum(answer.degenerate is not None for answer in answers) / len(answers),
-        "known_answer_accuracy": sum(known) / len(known),
+        "known_answer_accuracy": sum(known) / len(known) if known else float("nan"),
         "mean_answer_tokens": statistics.mean(tokens),
         "p95_answer_tokens": tokens[round(0.95 * (len(tokens) - 1))],
     }
@@ -160,35 +169,10 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.3f}" if theirs else ("1.000" if ours == theirs else "inf")
 
 
-async def bench(server: LiveServer, args: argparse.Namespace) -> dict[str, list[Answer]]:
-    questions = load("bench")
-    gate = asyncio.Semaphore(args.concurrency)
-    progress = started_progress("quality")
-    direct = f"{server.vllm_url}/v1/chat/completions"
-    api = f"{server.base_url}/v1/chat/completions"
-    # Both at once (on a CPU vLLM's throughput grows with the batch); what is measured here is text, not time.
-    async with httpx.AsyncClient(timeout=3600) as client:
-        ours, theirs = await asyncio.gather(
-            ask_all(client, api, server.headers(), "ratchet", questions, args.samples, {}, gate, progress),
-            ask_all(
-                client,
-                direct,
-                {},
-                get_settings().base_model_name,
-                questions,
-                args.samples,
-                VLLM_DEFAULTS,
-                gate,
-                progress,
-            ),
-        )
-    runs = {"ratchet": ours, "vllm_defaults": theirs}
-    stored = await stored_message(server, str(runs["ratchet"][0].message_id))
-    print(f"# questions {len(questions)} x {args.samples} samples; Ratchet answered with sampling {stored.sampling}")
-    print(f"# vllm_defaults sent explicitly: {VLLM_DEFAULTS}")
+def report_bench(runs: dict[str, list[Answer]]) -> None:
     results = {name: figures(answers) for name, answers in runs.items()}
     for name, answers in runs.items():
-        print(f"# degenerate[{name}] {reasons(answers)}")
+        print(f"# answers[{name}] {len(answers)}; degenerate: {reasons(answers)}")
         refusals = sum(answer.finish_reason == "content_filter" for answer in answers)
         if refusals:
             print(f"# guardrail refusals[{name}] {refusals}")
@@ -198,39 +182,59 @@ async def bench(server: LiveServer, args: argparse.Namespace) -> dict[str, list[
     for figure in ("degenerate_rate", "known_answer_accuracy", "mean_answer_tokens"):
         shown = ratio(results["ratchet"][figure], results["vllm_defaults"][figure])
         print(f"ratio {figure}_ratchet_vs_vllm_defaults {shown}")
-    return runs
 
 
-async def choose(server: LiveServer, args: argparse.Namespace) -> dict[str, list[Answer]]:
+def report_choose(runs: dict[str, list[Answer]]) -> None:
+    for name, answered in runs.items():
+        shown = " ".join(f"{figure} {value:.3f}" for figure, value in figures(answered).items())
+        print(f"tuning[{name}] {shown} (answers {len(answered)}: {reasons(answered)})")
+
+
+async def bench(server: LiveServer, args: argparse.Namespace) -> None:
+    questions = load("bench")
+    gate = asyncio.Semaphore(args.concurrency)
+    progress = started_progress("quality")
+    api = (f"{server.base_url}/v1/chat/completions", server.headers(), "ratchet")
+    direct = (f"{server.vllm_url}/v1/chat/completions", {}, get_settings().base_model_name)
+    print(f"# questions {len(questions)} x {args.samples} samples; vllm_defaults sent explicitly: {VLLM_DEFAULTS}")
+    # Both at once (on a CPU vLLM's throughput grows with the batch); what is measured here is text, not time.
+    async with httpx.AsyncClient(timeout=3600) as client:
+        ours, theirs = await asyncio.gather(
+            ask_all(client, "ratchet", api, questions, args.samples, {}, gate, progress),
+            ask_all(client, "vllm_defaults", direct, questions, args.samples, VLLM_DEFAULTS, gate, progress),
+        )
+    stored = await stored_message(server, str(ours[0].message_id))
+    print(f"# ratchet answered with sampling {stored.sampling} (stored provenance)")
+    report_bench({"ratchet": ours, "vllm_defaults": theirs})
+
+
+async def choose(server: LiveServer, args: argparse.Namespace) -> None:
     questions = load("tuning")
     gate = asyncio.Semaphore(args.concurrency)
     progress = started_progress("quality-choose")
-    direct = f"{server.vllm_url}/v1/chat/completions"
-    names = [",".join(f"{key}={value}" for key, value in sampling.items()) for sampling in CANDIDATES]
+    direct = (f"{server.vllm_url}/v1/chat/completions", {}, get_settings().base_model_name)
     print(f"# tuning questions {len(questions)} x {args.samples} samples, straight to vLLM")
     async with httpx.AsyncClient(timeout=3600) as client:
         # All candidates at once: on a CPU, vLLM's throughput grows with the batch.
         answers = await asyncio.gather(
             *(
-                ask_all(
-                    client,
-                    direct,
-                    {},
-                    get_settings().base_model_name,
-                    questions,
-                    args.samples,
-                    sampling,
-                    gate,
-                    progress,
-                )
+                ask_all(client, named(sampling), direct, questions, args.samples, sampling, gate, progress)
                 for sampling in CANDIDATES
             )
         )
-    runs = dict(zip(names, answers, strict=True))
-    for name, answered in runs.items():
-        shown = " ".join(f"{figure} {value:.3f}" for figure, value in figures(answered).items())
-        print(f"tuning[{name}] {shown} ({reasons(answered)})")
-    return runs
+    report_choose(dict(zip((named(sampling) for sampling in CANDIDATES), answers, strict=True)))
+
+
+def rescore(path: Path) -> None:
+    """Figures from a progress file, with today's definitions (a run cut short, or a changed degenerate check)."""
+    runs: dict[str, list[Answer]] = {}
+    for line in path.read_text().splitlines():
+        answer = Answer(**json.loads(line))
+        runs.setdefault(answer.run, []).append(answer)
+    if set(runs) == {"ratchet", "vllm_defaults"}:
+        report_bench(runs)
+    else:
+        report_choose(runs)
 
 
 def main() -> None:
@@ -238,7 +242,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3, help="answers per question and setting")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--choose", action="store_true", help="the tuning set at each candidate setting")
+    parser.add_argument("--rescore", type=Path, help="print the figures of a progress file instead of asking")
     args = parser.parse_args()
+    if args.rescore:
+        rescore(args.rescore)
+        return
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="ratchet-quality-") as scratch:
         data_dir = Path(scratch)
@@ -251,13 +259,10 @@ def main() -> None:
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)
             wait_ready(server, 900)
-            runs = asyncio.run(choose(server, args) if args.choose else bench(server, args))
+            asyncio.run(choose(server, args) if args.choose else bench(server, args))
         finally:
             stop_server(server)
-    out = RESULTS / ("quality-choose.json" if args.choose else "quality.json")
-    kept = {name: [asdict(answer) for answer in answers] for name, answers in runs.items()}
-    out.write_text(json.dumps(kept, indent=1))
-    print(f"# answers in {out}")
+    print(f"# answers in {RESULTS}/{'quality-choose' if args.choose else 'quality'}-progress.jsonl")
 
 
 if __name__ == "__main__":
