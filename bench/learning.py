@@ -6,7 +6,9 @@
    down-voted answers get an ops correction. All of it goes into a scratch store the way the app stores it.
 2. `ratchet tune nightly` runs on that store with a CPU-sized budget (reward model + the configured methods).
 3. Base and every candidate answer held-out product questions (never voted on) and a fixed set of questions with
-   known short answers, greedily. Printed, one line per figure:
+   known short answers, sampled the way users get answers: at the served generation defaults
+   (server/models/generation_defaults.py), --eval-samples answers per question, every model under the same seed.
+   Printed, one line per figure:
      figure reward_model_held_out_auc            (target ≥ 0.8)
      ratio  length_ratio_candidate_vs_base        (mean words; < 1 is more concise)
      ratio  product_name_rate_candidate_vs_base   (rates printed too, since the base rate can be 0)
@@ -14,8 +16,9 @@
      figure degenerate_rate                       (empty, looping, or repeating the system prompt)
    A candidate that got shorter by collapsing shows up as a high degenerate rate and a low accuracy ratio.
 
-Run: `nice -n 10 .venv/bin/python bench/learning.py` (about 21 minutes on the quiet 2-core box, GRPO half of it; see
---help for budgets and --seed for a differently seeded store).
+Run: `nice -n 10 .venv/bin/python bench/learning.py` (about 21 minutes on the quiet 2-core box, GRPO half of it, when
+evaluation was greedy; three sampled answers per question triple the evaluation's share; see --help for budgets and
+--seed for a differently seeded store).
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from bench.degenerate import degenerate
 from bench.feedback_seed import Judged, seed
 from server.db.engine import open_sessions
 from server.db.migrate import upgrade
+from server.models.generation_defaults import GenerationDefaults, served_defaults
 from server.settings import Settings, get_settings
 from tuning.config import TuneConfig
 from tuning.nightly import Nightly, Run, limit_resources
@@ -54,6 +59,9 @@ SYSTEM_PROMPT = (
     "for small businesses. Help employees with questions about it and about their work."
 )
 CONCISE_WORDS = 35
+# The seeded store's answers: varied on purpose, so that several answers to one question differ in what the
+# simulated users vote on, as months of real traffic would.
+SEED_SAMPLING = GenerationDefaults(temperature=0.8, top_p=0.95, max_tokens=64)
 PRODUCT_PATTERN = re.compile(r"\bnorthwind ledger\b", re.IGNORECASE)
 
 TRAIN_QUESTIONS = [
@@ -183,19 +191,6 @@ def simulated_vote(answer: str) -> str:
     return "up" if words(answer) <= CONCISE_WORDS or PRODUCT_PATTERN.search(answer) else "down"
 
 
-def degenerate(answer: str) -> bool:
-    """Empty, looping (one 4-word phrase three times or more) or repeating the system prompt."""
-    text = " ".join(answer.split()).lower()
-    if not text:
-        return True
-    tokens = text.split()
-    grams = [" ".join(tokens[i : i + 4]) for i in range(len(tokens) - 3)]
-    if grams and max(grams.count(gram) for gram in set(grams)) >= 3:
-        return True
-    system = " ".join(SYSTEM_PROMPT.split()).lower()
-    return any(system[start : start + 50] in text for start in range(0, len(system) - 50, 10))
-
-
 class Generator:
     """Batched HF generate for the base model and for a PEFT adapter (LoRA or soft prompt) on top of it."""
 
@@ -207,8 +202,15 @@ class Generator:
 
     @torch.inference_mode()
     def answers(
-        self, model: Any, chats: list[list[dict[str, str]]], max_new_tokens: int, sample: bool, batch: int = 32
+        self,
+        model: Any,
+        chats: list[list[dict[str, str]]],
+        max_new_tokens: int,
+        sampling: GenerationDefaults,
+        top_k: int = 0,
+        batch: int = 32,
     ) -> list[str]:
+        """Sampled answers; top_k off by default, as vLLM serves them (transformers' own default keeps 50)."""
         out: list[str] = []
         for start in range(0, len(chats), batch):
             texts = [
@@ -219,10 +221,11 @@ class Generator:
             generated = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
-                do_sample=sample,
-                temperature=0.8 if sample else None,
-                top_p=0.95 if sample else None,
-                top_k=None,
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=top_k,
+                repetition_penalty=sampling.repetition_penalty,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             new = generated[:, inputs["input_ids"].shape[1] :]
@@ -235,24 +238,35 @@ class Generator:
         return PeftModel.from_pretrained(fresh, adapter).eval()
 
 
-def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]]) -> dict[str, Any]:
-    held_out = generate([messages(question) for question in HELD_OUT_QUESTIONS])
-    known = generate([messages(question) for question, _ in KNOWN_ANSWERS])
+def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]], samples: int = 1) -> dict[str, Any]:
+    """Figures over `samples` answers to every question."""
+    held_out = generate([messages(question) for question in HELD_OUT_QUESTIONS for _ in range(samples)])
+    known_items = [item for item in KNOWN_ANSWERS for _ in range(samples)]
+    known = generate([messages(question) for question, _ in known_items])
     correct = [
         any(re.search(rf"(?<![\w-]){re.escape(accepted)}(?![\w-])", answer.lower()) for accepted in accepted_list)
-        for answer, (_, accepted_list) in zip(known, KNOWN_ANSWERS, strict=True)
+        for answer, (_, accepted_list) in zip(known, known_items, strict=True)
     ]
     everything = held_out + known
     return {
         "mean_words": sum(map(words, held_out)) / len(held_out),
         "product_name_rate": sum(bool(PRODUCT_PATTERN.search(answer)) for answer in held_out) / len(held_out),
         "accuracy": sum(correct) / len(correct),
-        "degenerate_rate": sum(map(degenerate, everything)) / len(everything),
+        "degenerate_rate": sum(degenerate(answer, SYSTEM_PROMPT) for answer in everything) / len(everything),
         "example": held_out[0],
         # Per question, so a lower accuracy reads as answers lost or as flips both ways (noise).
         "correct": correct,
         "known_answers": known,
     }
+
+
+def evaluate_served(
+    generator: Generator, model: Any, served: GenerationDefaults, max_new_tokens: int, samples: int, seed: int
+) -> dict[str, Any]:
+    """`evaluate` at the served defaults. Every model draws under the same seed, so base and candidate differ by
+    what they learnt more than by luck."""
+    torch.manual_seed(seed)
+    return evaluate(lambda batch: generator.answers(model, batch, max_new_tokens, served), samples)
 
 
 def ratio(candidate: float, base: float) -> str:
@@ -262,7 +276,8 @@ def ratio(candidate: float, base: float) -> str:
 def seed_and_train(args: argparse.Namespace, generator: Generator, settings: Settings, config: TuneConfig) -> Run:
     # 1. The base model's own answers, voted on by the simulated users.
     chats = [messages(question) for question in TRAIN_QUESTIONS for _ in range(args.samples_per_question)]
-    sampled = generator.answers(generator.base, chats, args.seed_max_tokens, sample=True)
+    # top_k 50 (transformers' default) as when the stores of the figures in docs/tuning.md were seeded.
+    sampled = generator.answers(generator.base, chats, args.seed_max_tokens, SEED_SAMPLING, top_k=50)
     items = []
     for chat, answer in zip(chats, sampled, strict=True):
         vote = simulated_vote(answer)
@@ -299,6 +314,9 @@ def main() -> None:
     parser.add_argument("--samples-per-question", type=int, default=3)
     parser.add_argument("--seed-max-tokens", type=int, default=64)
     parser.add_argument("--eval-max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--eval-samples", type=int, default=3, help="answers per evaluation question, at the served defaults"
+    )
     parser.add_argument(
         "--steps",
         type=int,
@@ -364,9 +382,12 @@ def main() -> None:
     print(f"figure reward_model_held_out_pairwise_accuracy {held_out.get('pairwise_accuracy')}")
     print(f"figure reward_model_held_out_pairs {held_out.get('held_out_pairs')}")
 
-    # 3. Base vs each candidate on questions no stage trained on.
+    # 3. Base vs each candidate on questions no stage trained on, sampled as users are answered.
+    served = served_defaults(settings)
+    print(f"# evaluated at {served}: {args.eval_samples} answers per question, at most {args.eval_max_tokens} tokens")
+
     def run_eval(model: Any) -> dict[str, Any]:
-        return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, sample=False))
+        return evaluate_served(generator, model, served, args.eval_max_tokens, args.eval_samples, args.seed)
 
     results = {"base": run_eval(generator.base)}
     for method, reason in record.get("skipped_methods", {}).items():

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.learning import Generator, evaluate, ratio
+from bench.learning import Generator, evaluate_served, ratio
+from server.models.generation_defaults import served_defaults
 from server.settings import get_settings
 from tuning import train
 from tuning.config import TuneConfig
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("overrides", nargs="*", help="TuneConfig settings as name=value")
     parser.add_argument("--eval-max-tokens", type=int, default=64)
+    parser.add_argument("--eval-samples", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="the evaluation's seed")
     args = parser.parse_args()
 
     config = overridden(args.run_dir, args.overrides)
@@ -69,7 +72,7 @@ def main() -> None:
 
     if args.stage == "rl":
         reward_model = Path(json.loads((args.run_dir / "run.json").read_text())["reward_model_path"])
-        train.train_rl(base, reward_model, data.prompts, settings.rails_config, config, out)
+        train.train_rl(base, reward_model, data.prompts, settings.rails_config, config, out, served_defaults(settings))
     elif args.stage == "sft":
         train.train_sft(base, data.sft, config, out)
     elif args.stage == "kto":
@@ -78,11 +81,14 @@ def main() -> None:
         train.train_prompt_tuning(base, data.kto, config, out)
 
     generator = Generator(base)
+    served = served_defaults(settings)
 
     def judged(model: Any) -> dict[str, Any]:
-        return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, sample=False))
+        return evaluate_served(generator, model, served, args.eval_max_tokens, args.eval_samples, args.seed)
 
-    cached = args.run_dir.parent.parent / "variants" / "base.json"
+    # The base's figures are kept per evaluation setting: figures sampled otherwise are no baseline.
+    setting = f"{served.temperature}-{served.top_p}-{served.repetition_penalty}-{args.eval_samples}-{args.seed}"
+    cached = args.run_dir.parent.parent / "variants" / f"base-{setting}-{args.eval_max_tokens}.json"
     if cached.exists():
         base_figures = json.loads(cached.read_text())
     else:

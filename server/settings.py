@@ -54,7 +54,20 @@ class Settings(BaseSettings):
     )
     default_model_alias: str = Field("ratchet", description="Model alias clients ask for by default.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt added when a chat has none.")
-    default_max_tokens: int = Field(512, description="max_tokens when the client sends none.")
+    # Generation defaults for what a client leaves out (server/models/generation_defaults.py); empty means the
+    # model's own: its generation_config.json, which `ratchet model prepare` fills for SmolLM2.
+    generation_temperature: float | None = Field(
+        None, ge=0, le=2, description="Temperature when the client sends none; empty means the model's (SmolLM2: 0.2)."
+    )
+    generation_top_p: float | None = Field(
+        None, gt=0, le=1, description="top_p when the client sends none; empty means the model's (SmolLM2: 0.9)."
+    )
+    generation_max_tokens: int | None = Field(
+        None, ge=1, description="max_tokens when the client sends none; empty means the model's (SmolLM2: 512)."
+    )
+    generation_repetition_penalty: float | None = Field(
+        None, gt=0, le=2, description="vLLM's repetition penalty (1 is none); empty means the model's (SmolLM2: 1)."
+    )
 
     vllm_url: str = Field("", description="External vLLM server URL; empty means Ratchet starts its own.")
     vllm_port: int = Field(8001, description="Port of the managed vLLM server (on 127.0.0.1).")

@@ -18,13 +18,14 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from server.models.generation_defaults import served_defaults
 from server.settings import Settings
 from tuning.config import TuneConfig
 from tuning.data import Datasets, build_datasets, export_since, too_little
@@ -326,6 +327,7 @@ class Nightly:
                 self.settings.rails_config,
                 self.config,
                 out,
+                served_defaults(self.settings),
             ),
         )
 
@@ -389,6 +391,7 @@ class Nightly:
             "data_until": now.isoformat(),
             "previous_reward_model": last["reward_model_path"] if last else None,
             "base_model": str(self.settings.base_model_dir),
+            "generation_defaults": asdict(served_defaults(self.settings)),
             "started_at": now.isoformat(),
             "versions": library_versions(),
             "durations_s": {},

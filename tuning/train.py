@@ -19,6 +19,7 @@ from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
+from server.models.generation_defaults import GenerationDefaults
 from tuning.config import TuneConfig
 
 Row = dict[str, Any]
@@ -201,9 +202,17 @@ def length_reward(budget: int, per_token: float) -> Callable[..., list[float]]:
 
 
 def train_rl(
-    base: Path, reward_model: Path, prompts: list[Row], rails_dir: Path, config: TuneConfig, out: Path
+    base: Path,
+    reward_model: Path,
+    prompts: list[Row],
+    rails_dir: Path,
+    config: TuneConfig,
+    out: Path,
+    generation: GenerationDefaults,
 ) -> dict[str, Any]:
-    """GRPO as a PPO-style update: clipped surrogate (num_iterations > 1, epsilon) and a KL penalty to the base."""
+    """GRPO as a PPO-style update: clipped surrogate (num_iterations > 1, epsilon) and a KL penalty to the base.
+    Completions are sampled with the served top_p and repetition penalty, so the policy is judged on the kind of
+    answer users get; the temperature stays rl_temperature, since the group baseline needs answers that differ."""
     from trl import GRPOConfig, GRPOTrainer
 
     if not prompts:
@@ -226,6 +235,8 @@ def train_rl(
             beta=config.rl_beta,
             max_completion_length=config.rl_max_completion_length,
             temperature=config.rl_temperature,
+            top_p=generation.top_p,
+            repetition_penalty=generation.repetition_penalty,
             mask_truncated_completions=config.rl_mask_truncated_completions,
             reward_weights=[config.rl_rm_weight, 1.0, 1.0],
             model_init_kwargs={"dtype": torch.float32},

@@ -6,7 +6,8 @@ is stored the same way as any other (server/chat/answers.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,6 +31,7 @@ class RegenerationService:
         router: ModelRouter,
         engine_down_reason: Callable[[], str | None],
         rails: RailsRegistry | None = None,
+        served_sampling: Mapping[str, Any] | None = None,
     ) -> None:
         self._sessions = sessions
         self._turns = turns
@@ -37,6 +39,7 @@ class RegenerationService:
         self._router = router
         self._engine_down_reason = engine_down_reason
         self._rails = rails
+        self._served_sampling = dict(served_sampling or {})
 
     async def regenerate(self, principal: Principal, message_id: UUID) -> Message:
         """A new answer to a stored answer's exact context (system prompt included), stored as its sibling:
@@ -57,8 +60,10 @@ class RegenerationService:
         route = self._router.resolve(original.model_alias or original.model_version)
         if reason := self._engine_down_reason():
             raise EngineUnavailableError(reason)
-        # A fixed seed would reproduce the very answer being replaced.
-        sampling = {name: value for name, value in (original.sampling or {}).items() if name != "seed"}
+        # A fixed seed would reproduce the very answer being replaced; an answer stored before the served defaults
+        # were recorded gets them for what it left out.
+        kept = {name: value for name, value in (original.sampling or {}).items() if name != "seed"}
+        sampling = {**self._served_sampling, **kept}
         provenance = Provenance(
             model_alias=route.alias,
             model_version=route.version,

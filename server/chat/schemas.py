@@ -3,6 +3,7 @@ The answers' wire shapes are the API edge's (server/chat/openai_wire.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -51,9 +52,13 @@ class ChatCompletionRequest(Struct):
     # Ratchet extension: continue a stored conversation instead of starting a new one.
     conversation_id: UUID | None = None
 
-    def sampling(self, default_max_tokens: int) -> dict[str, object]:
-        """The sampling parameters sent to vLLM; also stored with the answer as provenance."""
-        params: dict[str, object] = {"max_tokens": self.max_completion_tokens or self.max_tokens or default_max_tokens}
+    def sampling(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The sampling parameters sent to vLLM: the client's, and the served defaults for whatever it left out,
+        filled in here rather than left to the engine so that any OpenAI-compatible server answers alike; also
+        stored with the answer as provenance."""
+        params = dict(defaults)
+        if max_tokens := self.max_completion_tokens or self.max_tokens:
+            params["max_tokens"] = max_tokens
         for name in ("temperature", "top_p", "stop", "seed"):
             value = getattr(self, name)
             if value is not None:

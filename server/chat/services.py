@@ -43,6 +43,7 @@ from server.chat.speculation import Speculation
 from server.chat.turns import Generation, Provenance, Turn, TurnStore
 from server.engine.client import EngineClient, EngineUnavailableError
 from server.models.services import ModelRouter, Route
+from server.models.generation_defaults import served_defaults
 from server.privacy.redaction import redact
 from server.rails.base import Rails
 from server.rails.registry import RailsRegistry
@@ -74,7 +75,7 @@ class ChatService:
             raise InvalidChatError("The last user message is empty.")
         route = self._router.resolve(request.model)
         messages, system_prompt_version = self._prompt(request)
-        sampling = request.sampling(self._settings.default_max_tokens)
+        sampling = request.sampling(served_defaults(self._settings).sampling())
         payload = _payload(route, messages, sampling, uuid7(), request.stream)
         rails = self._rails.current if self._rails is not None else None
         speculation = self._speculate(payload, request.stream) if rails is not None else None

@@ -9,6 +9,9 @@ import httpx
 import openai
 import pytest
 
+from server.models.generation_defaults import served_defaults
+from server.settings import Settings
+from tests.conftest import PREPARED_MODEL
 from tests.integration.conftest import LiveServer, stored_message
 
 pytestmark = pytest.mark.integration
@@ -37,7 +40,9 @@ async def test_plain_answer_is_returned_and_stored_with_provenance(chat_server: 
     assert stored.role == "assistant" and stored.channel == "api"
     assert stored.model_alias == "ratchet" and stored.model_version == body["model"]
     assert stored.system_prompt_version and stored.system_prompt_version.startswith("sp-")
-    assert stored.sampling == {"max_tokens": 40, "temperature": 0.0}
+    # What the client sent, and the served defaults for what it left out.
+    served = served_defaults(Settings(base_model=PREPARED_MODEL)).sampling()
+    assert stored.sampling == {**served, "max_tokens": 40, "temperature": 0.0}
     assert stored.prompt_tokens == body["usage"]["prompt_tokens"]
     assert stored.completion_tokens == body["usage"]["completion_tokens"]
     assert stored.finish_reason == body["choices"][0]["finish_reason"]

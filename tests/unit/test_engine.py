@@ -11,10 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.db.models import ModelAlias, ModelVersion
 from server.engine.launcher import vllm_command, vllm_environment
+from server.models.base_checkpoint import prepare_base_model
+from server.models.generation_defaults import served_defaults
 from server.models.services import ModelRouter, UnknownModelError
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
-from tuning.base_model import prepare_base_model
 
 
 def test_managed_vllm_allows_runtime_adapters_and_prompt_embeddings() -> None:
@@ -72,7 +73,8 @@ async def test_router_sends_about_the_canary_fraction_to_the_canary(
 def test_prepare_is_a_no_op_when_the_conversion_exists() -> None:
     if not (PREPARED_MODEL / "ratchet-manifest.json").exists():
         pytest.skip("base model not prepared here")
-    result = prepare_base_model(PREPARED_MODEL)
+    # With the defaults it serves already, so that only the conversion is in question here.
+    result = prepare_base_model(PREPARED_MODEL, generation=served_defaults(Settings(base_model=PREPARED_MODEL)))
     assert result.created is False
     assert result.manifest["dtype"] == "float32"
     assert len(str(result.manifest["source_sha256"])) == 64

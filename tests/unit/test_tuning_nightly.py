@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from bench.feedback_seed import Judged, seed
 from server.db.engine import open_sessions
 from server.db.migrate import upgrade
+from server.models.generation_defaults import RECOMMENDED
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
 from tuning.config import TuneConfig
@@ -298,7 +299,9 @@ def test_a_method_without_data_is_skipped_with_its_reason_while_the_others_train
 
 def test_rl_without_trainable_prompts_is_not_enough_data(tmp_path: Path) -> None:
     with pytest.raises(NotEnoughData, match="no trainable logged prompts"):
-        train_rl(PREPARED_MODEL, tmp_path / "reward", [], REPO / "guardrails", TuneConfig(), tmp_path / "rl")
+        train_rl(
+            PREPARED_MODEL, tmp_path / "reward", [], REPO / "guardrails", TuneConfig(), tmp_path / "rl", RECOMMENDED
+        )
 
 
 def accelerate_launch(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:

