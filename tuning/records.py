@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -11,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.engine import open_sessions
 from server.db.models import TuningRun
+from server.models.registry import ModelRegistry
+from server.models.transitions import VersionNotFoundError
 from server.settings import Settings
 
 T = TypeVar("T")
@@ -57,3 +60,51 @@ class RunRecords:
             return {name: getattr(row, name) for name in FIELDS}
 
         return self._call(work)
+
+
+# The settings each method's candidate records as its lineage, besides its own `<method>_` ones.
+SHARED_SETTINGS = ("seed", "max_length", "batch_size", "gradient_accumulation_steps")
+LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout")
+
+
+def method_settings(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    shared = SHARED_SETTINGS + (() if method == "prompt_tuning" else LORA_SETTINGS)
+    return {name: value for name, value in config.items() if name in shared or name.startswith(f"{method}_")}
+
+
+def register_candidate(
+    settings: Settings,
+    run_id: str,
+    method: str,
+    adapter: Path,
+    data_hash: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+) -> str:
+    """Register a freshly trained adapter with the model registry as a candidate (the gates decide what follows) and
+    return its version name. A run resumed after its registration finds it registered already."""
+    name = f"{settings.default_model_alias}-{method.replace('_', '-')}-{run_id}"
+
+    async def register() -> None:
+        async with open_sessions(settings) as sessions:
+            registry = ModelRegistry(sessions, settings)
+            try:
+                existing = await registry.get(name)
+            except VersionNotFoundError:
+                existing = None
+            if existing is not None and existing.run_id == run_id:
+                return
+            await registry.register_candidate(
+                name,
+                "prompt_tuning" if method == "prompt_tuning" else "lora",
+                adapter,
+                parent=settings.base_model_name,
+                run_id=run_id,
+                data_hash=data_hash,
+                method=method,
+                method_settings=method_settings(method, config),
+                metrics=metrics,
+            )
+
+    asyncio.run(register())
+    return name

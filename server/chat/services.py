@@ -151,7 +151,7 @@ class ChatService:
             raise InvalidChatError("The last message must have role `user`.")
         if not request.messages[-1].text().strip():
             raise InvalidChatError("The last user message is empty.")
-        route = self._router.resolve(request.model)
+        route = self._router.resolve(request.model, principal.user_id)
         messages, system_prompt_version = self._prompt(request)
         sampling = request.sampling(self._settings.default_max_tokens)
         payload = _payload(route, messages, sampling, uuid7(), request.stream)
@@ -483,7 +483,7 @@ class ChatService:
         if not original.prompt_messages:
             # Only guardrail refusals have no stored context: the question itself was refused.
             raise InvalidChatError("This answer is a guardrail refusal; its question cannot be asked again.")
-        route = self._router.resolve(original.model_alias or original.model_version)
+        route = self._router.resolve(original.model_alias or original.model_version, principal.user_id)
         if reason := self._engine_down_reason():
             raise EngineUnavailableError(reason)
         # A fixed seed would reproduce the very answer being replaced.
