@@ -57,7 +57,7 @@ class EngineReconciler:
             )
         missing: dict[str, str] = {}
         loaded_everywhere = set(live) if self._loader.engines else set()
-        stale: dict[EngineClient, set[str]] = {}
+        stale: list[tuple[EngineClient, set[str]]] = []
         for engine in self._loader.engines:
             try:
                 served = set(await engine.served_models())
@@ -73,11 +73,11 @@ class EngineReconciler:
                     missing[name] = f"{engine.base_url}: {error}"
                     log.error("live version %s is not loaded in vLLM at %s: %s", name, engine.base_url, error)
             loaded_everywhere &= served
-            stale[engine] = served & (adapters - live.keys())
+            stale.append((engine, served & (adapters - live.keys())))
         self._router.set_loaded(loaded_everywhere)
         self.missing = missing
-        drained = await self._drained(set().union(*stale.values()))
-        for engine, names in stale.items():
+        drained = await self._drained(set().union(*(names for _, names in stale)))
+        for engine, names in stale:
             for name in sorted(names & drained):
                 try:
                     await self._loader.unload(name, engine)
