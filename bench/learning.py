@@ -38,14 +38,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from bench.feedback_seed import Judged, seed
 from server.db.engine import open_sessions
 from server.db.migrate import upgrade
 from server.settings import Settings, get_settings
 from tuning.config import TuneConfig
+from tuning.evaluation import Generator, Sampling
 from tuning.nightly import Nightly, Run, limit_resources
 
 PRODUCT = "Northwind Ledger"
@@ -54,6 +53,9 @@ SYSTEM_PROMPT = (
     "for small businesses. Help employees with questions about it and about their work."
 )
 CONCISE_WORDS = 35
+# The seeded store's answers: varied on purpose, so that several answers to one question differ in what the
+# simulated users vote on.
+SEED_SAMPLING = Sampling(temperature=0.8, top_p=0.95)
 PRODUCT_PATTERN = re.compile(r"\bnorthwind ledger\b", re.IGNORECASE)
 
 TRAIN_QUESTIONS = [
@@ -196,45 +198,6 @@ def degenerate(answer: str) -> bool:
     return any(system[start : start + 50] in text for start in range(0, len(system) - 50, 10))
 
 
-class Generator:
-    """Batched HF generate for the base model and for a PEFT adapter (LoRA or soft prompt) on top of it."""
-
-    def __init__(self, base: Path) -> None:
-        self.path = base
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(base)
-        self.tokenizer.padding_side = "left"
-        self.base = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-
-    @torch.inference_mode()
-    def answers(
-        self, model: Any, chats: list[list[dict[str, str]]], max_new_tokens: int, sample: bool, batch: int = 32
-    ) -> list[str]:
-        out: list[str] = []
-        for start in range(0, len(chats), batch):
-            texts = [
-                self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-                for chat in chats[start : start + batch]
-            ]
-            inputs = self.tokenizer(texts, return_tensors="pt", padding=True)
-            generated = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=sample,
-                temperature=0.8 if sample else None,
-                top_p=0.95 if sample else None,
-                top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            new = generated[:, inputs["input_ids"].shape[1] :]
-            out += [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return out
-
-    def with_adapter(self, adapter: Path) -> Any:
-        # A fresh base each time: PEFT injects LoRA layers into the model it is given.
-        fresh = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
-        return PeftModel.from_pretrained(fresh, adapter).eval()
-
-
 def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]]) -> dict[str, Any]:
     held_out = generate([messages(question) for question in HELD_OUT_QUESTIONS])
     known = generate([messages(question) for question, _ in KNOWN_ANSWERS])
@@ -262,7 +225,7 @@ def ratio(candidate: float, base: float) -> str:
 def seed_and_train(args: argparse.Namespace, generator: Generator, settings: Settings, config: TuneConfig) -> Run:
     # 1. The base model's own answers, voted on by the simulated users.
     chats = [messages(question) for question in TRAIN_QUESTIONS for _ in range(args.samples_per_question)]
-    sampled = generator.answers(generator.base, chats, args.seed_max_tokens, sample=True)
+    sampled = generator.answers(generator.base, chats, args.seed_max_tokens, SEED_SAMPLING)
     items = []
     for chat, answer in zip(chats, sampled, strict=True):
         vote = simulated_vote(answer)
@@ -366,7 +329,7 @@ def main() -> None:
 
     # 3. Base vs each candidate on questions no stage trained on.
     def run_eval(model: Any) -> dict[str, Any]:
-        return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, sample=False))
+        return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, None))
 
     results = {"base": run_eval(generator.base)}
     for method, reason in record.get("skipped_methods", {}).items():

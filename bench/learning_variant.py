@@ -24,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.learning import Generator, evaluate, ratio
+from bench.learning import evaluate, ratio
 from server.settings import get_settings
 from tuning import train
 from tuning.config import TuneConfig, _parse
 from tuning.data import Datasets
+from tuning.evaluation import Generator
 from tuning.nightly import limit_resources
 
 STAGES = ("reward_model", "rl", "kto", "sft", "prompt_tuning")
@@ -84,7 +85,7 @@ def main() -> None:
     generator = Generator(base)
 
     def judged(model: Any) -> dict[str, Any]:
-        return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, sample=False))
+        return evaluate(lambda batch: generator.answers(model, batch, args.eval_max_tokens, None))
 
     cached = args.run_dir.parent.parent / "variants" / "base.json"
     if cached.exists():
