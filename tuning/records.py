@@ -1,4 +1,5 @@
-"""The run records in the database (`tuning_runs`), read and written from the nightly job's own process."""
+"""The nightly job's database work, from its own process: its run records (`tuning_runs`), and its candidates and
+their gate verdicts in the model registry."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.db.engine import open_sessions
 from server.db.models import TuningRun
 from server.models.registry import ModelRegistry
+from server.models.services import ModelRouter
 from server.models.transitions import VersionNotFoundError
 from server.settings import Settings
 
@@ -87,6 +89,8 @@ def register_candidate(
 
     async def register() -> None:
         async with open_sessions(settings) as sessions:
+            # The candidate's parent is the base: registered here when the app has never started on this store.
+            await ModelRouter(sessions, settings).ensure_base_registered()
             registry = ModelRegistry(sessions, settings)
             try:
                 existing = await registry.get(name)
@@ -108,3 +112,37 @@ def register_candidate(
 
     asyncio.run(register())
     return name
+
+
+def active_version(settings: Settings) -> tuple[str, Path | None]:
+    """The name and adapter folder (None for the base checkpoint) of the version the default alias answers with
+    now: what every candidate of the night must beat."""
+
+    async def read() -> tuple[str, Path | None]:
+        async with open_sessions(settings) as sessions:
+            await ModelRouter(sessions, settings).ensure_base_registered()
+            version = await ModelRegistry(sessions, settings).active_version()
+            return version.name, Path(version.adapter_path) if version.adapter_path else None
+
+    return asyncio.run(read())
+
+
+def recorded_gates(settings: Settings, name: str) -> tuple[list[dict[str, Any]], bool] | None:
+    """The gate results and verdict already recorded for a version (a resumed run's), or None."""
+
+    async def read() -> tuple[list[dict[str, Any]], bool] | None:
+        async with open_sessions(settings) as sessions:
+            version = await ModelRegistry(sessions, settings).get(name)
+            return None if version.gates_passed is None else (version.gate_results, version.gates_passed)
+
+    return asyncio.run(read())
+
+
+def record_gates(settings: Settings, name: str, results: list[dict[str, Any]], passed: bool) -> None:
+    """The gates' verdict: the candidate becomes gated, or rejected."""
+
+    async def write() -> None:
+        async with open_sessions(settings) as sessions:
+            await ModelRegistry(sessions, settings).record_gate_results(name, results, passed)
+
+    asyncio.run(write())
