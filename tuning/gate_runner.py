@@ -218,7 +218,7 @@ def gate_candidates(
                 passed = all(result["passed"] for result in results)
                 record_gates(settings, name, results, passed)
             verdict = "[green]gated[/]" if passed else "[red]rejected[/]"
-            console.print(f"{name} against {active.name}: {verdict}\n{table(results)}", highlight=False)
+            console.print(f"{name} against {active.name}: {verdict}\n{table(results)}", highlight=False, soft_wrap=True)
             verdicts[method] = {"version": name, "active": active.name, "passed": passed, "results": results}
     finally:
         if rails is not None:
