@@ -41,8 +41,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from bench.degenerate import degenerate
 from bench.feedback_seed import Judged, seed
@@ -51,6 +49,7 @@ from server.db.migrate import upgrade
 from server.models.generation_defaults import GenerationDefaults, served_defaults
 from server.settings import Settings, get_settings
 from tuning.config import TuneConfig
+from tuning.evaluation import Generator, Sampling
 from tuning.nightly import Nightly, Run, limit_resources
 
 PRODUCT = "Northwind Ledger"
@@ -61,7 +60,7 @@ SYSTEM_PROMPT = (
 CONCISE_WORDS = 35
 # The seeded store's answers: varied on purpose, so that several answers to one question differ in what the
 # simulated users vote on, as months of real traffic would.
-SEED_SAMPLING = GenerationDefaults(temperature=0.8, top_p=0.95, max_tokens=64)
+SEED_SAMPLING = Sampling(temperature=0.8, top_p=0.95, max_tokens=64)
 PRODUCT_PATTERN = re.compile(r"\bnorthwind ledger\b", re.IGNORECASE)
 
 TRAIN_QUESTIONS = [
@@ -189,53 +188,6 @@ def words(text: str) -> int:
 def simulated_vote(answer: str) -> str:
     """The users' preference, which only this benchmark knows."""
     return "up" if words(answer) <= CONCISE_WORDS or PRODUCT_PATTERN.search(answer) else "down"
-
-
-class Generator:
-    """Batched HF generate for the base model and for a PEFT adapter (LoRA or soft prompt) on top of it."""
-
-    def __init__(self, base: Path) -> None:
-        self.path = base
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(base)
-        self.tokenizer.padding_side = "left"
-        self.base = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-
-    @torch.inference_mode()
-    def answers(
-        self,
-        model: Any,
-        chats: list[list[dict[str, str]]],
-        max_new_tokens: int,
-        sampling: GenerationDefaults,
-        top_k: int = 0,
-        batch: int = 32,
-    ) -> list[str]:
-        """Sampled answers; top_k off by default, as vLLM serves them (transformers' own default keeps 50)."""
-        out: list[str] = []
-        for start in range(0, len(chats), batch):
-            texts = [
-                self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-                for chat in chats[start : start + batch]
-            ]
-            inputs = self.tokenizer(texts, return_tensors="pt", padding=True)
-            generated = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=top_k,
-                repetition_penalty=sampling.repetition_penalty,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            new = generated[:, inputs["input_ids"].shape[1] :]
-            out += [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return out
-
-    def with_adapter(self, adapter: Path) -> Any:
-        # A fresh base each time: PEFT injects LoRA layers into the model it is given.
-        fresh = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
-        return PeftModel.from_pretrained(fresh, adapter).eval()
 
 
 def evaluate(generate: Callable[[list[list[dict[str, str]]]], list[str]], samples: int = 1) -> dict[str, Any]:

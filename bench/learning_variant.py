@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.learning import Generator, evaluate_served, ratio
+from bench.learning import evaluate_served, ratio
 from server.models.generation_defaults import served_defaults
 from server.settings import get_settings
 from tuning import train
 from tuning.config import TuneConfig
 from tuning.data import Datasets
+from tuning.evaluation import Generator
 from tuning.nightly import limit_resources
 
 STAGES = ("reward_model", "rl", "kto", "sft", "prompt_tuning")

@@ -30,7 +30,14 @@ from server.feedback.controllers import FeedbackController, UserDataController
 from server.limits import STORE_NAME, rate_limit_middleware, rate_limit_store
 from server.openapi import StrictStructSchemaPlugin
 from server.models.generation_defaults import served_defaults
+from server.models.controllers import ModelController
+from server.models.lifecycle import ModelLifecycle
+from server.models.live_canary import LiveCanary
+from server.models.loading import AdapterLoader
+from server.models.reconciler import EngineReconciler
+from server.models.registry import ModelRegistry
 from server.models.services import ModelRouter
+from server.models.upkeep import ServingUpkeep
 from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
 from server.review.controllers import ReviewController
@@ -62,6 +69,11 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
             return None
         return launcher.reason
 
+    loader = AdapterLoader([engine])
+    state.registry = ModelRegistry(sessions, settings)
+    state.lifecycle = ModelLifecycle(sessions, settings, loader)
+    state.reconciler = EngineReconciler(sessions, settings, loader, router)
+    upkeep = ServingUpkeep(settings, router, state.reconciler, LiveCanary(sessions, state.lifecycle))
     state.sessions = sessions
     state.router = router
     state.engine = engine
@@ -90,9 +102,11 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
         log.warning("marked %d answers left pending by an earlier process as failed", failed)
     if launcher is not None:
         await launcher.start()
+    upkeep.start()
     try:
         yield
     finally:
+        await upkeep.stop()
         uninstall_sighup()
         await state.rails.aclose()
         if launcher is not None:
@@ -117,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ReviewController,
             ExportController,
             TuningRunController,
+            ModelController,
         ],
         plugins=[SQLAlchemyPlugin(config=db_config), StrictStructSchemaPlugin()],
         middleware=[

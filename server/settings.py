@@ -81,6 +81,24 @@ class Settings(BaseSettings):
     vllm_max_model_len: int = Field(2048, description="Longest context (prompt + answer) in tokens.")
     vllm_max_loras: int = Field(4, description="LoRA adapters vLLM keeps loaded at once.")
     vllm_max_lora_rank: int = Field(16, description="Largest LoRA rank vLLM accepts.")
+    canary_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of an alias's users a canary version answers (sticky per user)."
+    )
+    canary_check_interval_s: float = Field(
+        5, gt=0, description="Seconds between live-canary verdicts on the votes, trips and errors so far."
+    )
+    model_sync_interval_s: float = Field(
+        1,
+        gt=0,
+        description="Seconds between checks that vLLM has every live model version loaded (re-loading after a "
+        "restart) and has unloaded the drained ones.",
+    )
+    model_drain_grace_s: float = Field(
+        15,
+        ge=0,
+        description="A version no longer routed stays loaded at least this long, and until no answer it is "
+        "writing is pending, before it is unloaded.",
+    )
     vllm_extra_args: str = Field("", description="Extra command-line arguments for the managed vLLM.")
     vllm_start_timeout_s: float = Field(600, description="How long to wait for the managed vLLM to be ready.")
     vllm_request_timeout_s: float = Field(300, description="Timeout of one generation request to vLLM.")
@@ -192,6 +210,11 @@ class Settings(BaseSettings):
         if self.base_model is not None:
             return self.base_model
         return self.data_dir / "models" / self.base_model_name
+
+    @cached_property
+    def adapters_dir(self) -> Path:
+        """Where registered adapter versions are kept, one immutable folder per version name."""
+        return self.data_dir / "adapters"
 
     @cached_property
     def system_prompt_version(self) -> str:

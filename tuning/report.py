@@ -77,6 +77,27 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _gate_tables(gates: dict[str, Any]) -> list[str]:
+    """Per candidate: its verdict against the active version, then one row per gate."""
+    sections = []
+    for method, verdict in gates.items():
+        rows = "".join(
+            "<tr>"
+            + f"<th>{html.escape(result['name'])}</th><td>{result['value']:.4g}</td>"
+            + f"<td>{'&ge;' if result['bound'] == 'min' else '&le;'} {result['threshold']:.4g}</td>"
+            + f"<td>{'pass' if result['passed'] else '<b>FAIL</b>'}</td><td>{html.escape(result['detail'])}</td>"
+            + "</tr>"
+            for result in verdict["results"]
+        )
+        outcome = "gated" if verdict["passed"] else "rejected"
+        sections.append(
+            f"<h3>{html.escape(method)}: {html.escape(verdict['version'])} <b>{outcome}</b> against "
+            f"{html.escape(verdict['active'])}</h3><table><tr><th>gate</th><th>value</th><th>threshold</th>"
+            f"<th>verdict</th><th>detail</th></tr>{rows}</table>"
+        )
+    return sections
+
+
 def write_report(run_dir: Path, record: dict[str, Any], histories: dict[str, list[dict[str, Any]]]) -> Path:
     """`record` is the run record (run.json); `histories` maps a stage to its trainer log history."""
     charts = []
@@ -108,6 +129,10 @@ def write_report(run_dir: Path, record: dict[str, Any], histories: dict[str, lis
         _table({"reward model": record.get("reward_model_path"), **record.get("adapters", {})}),
         "<h3>Methods skipped for lack of data</h3>",
         _table(record.get("skipped_methods", {})),
+        "<h2>Offline gates</h2>",
+        "<p>Each candidate against the version serving when the run started, both sampled at the served defaults; "
+        "a candidate that fails any gate is rejected.</p>",
+        *_gate_tables(record.get("gates", {})),
         "<h2>Stages</h2>",
         _table({stage: f"{seconds:.1f} s" for stage, seconds in record.get("durations_s", {}).items()}),
         *charts,

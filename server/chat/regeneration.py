@@ -57,7 +57,7 @@ class RegenerationService:
         if not original.prompt_messages:
             # Only guardrail refusals have no stored context: the question itself was refused.
             raise InvalidChatError("This answer is a guardrail refusal; its question cannot be asked again.")
-        route = self._router.resolve(original.model_alias or original.model_version)
+        route = self._router.resolve(original.model_alias or original.model_version, principal.user_id)
         if reason := self._engine_down_reason():
             raise EngineUnavailableError(reason)
         # A fixed seed would reproduce the very answer being replaced; an answer stored before the served defaults

@@ -73,7 +73,7 @@ class ChatService:
             raise InvalidChatError("The last message must have role `user`.")
         if not request.messages[-1].text().strip():
             raise InvalidChatError("The last user message is empty.")
-        route = self._router.resolve(request.model)
+        route = self._router.resolve(request.model, principal.user_id)
         messages, system_prompt_version = self._prompt(request)
         sampling = request.sampling(served_defaults(self._settings).sampling())
         payload = _payload(route, messages, sampling, uuid7(), request.stream)

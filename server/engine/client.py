@@ -160,3 +160,34 @@ class EngineClient:
                 await response.aclose()
             self._check(response)
         return ChatStream(response)
+
+    async def load_lora_adapter(self, name: str, path: str) -> None:
+        """Load an adapter under `name` (vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING); loading a name vLLM already
+        has is a no-op, never an in-place reload: names are immutable. vLLM answers an adapter it cannot load with a
+        500 and the loader's message: that is a refusal of the adapter, not the engine being down."""
+        response = await self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        if response.status_code == 400 and "already been loaded" in response.text:
+            return
+        if response.status_code >= 400:
+            raise EngineRejectedError(f"adapter {name} not loaded: {_error_message(response)}", response.status_code)
+
+    async def unload_lora_adapter(self, name: str) -> None:
+        """Drop `name` from vLLM (its slot is freed by LRU eviction later); an unknown name is already unloaded."""
+        response = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
+        if response.status_code == 404:
+            return
+        self._check(response)
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            return await self._http.post(path, json=body)
+        except httpx.HTTPError as error:
+            raise self._unreachable(error) from error
+
+    async def served_models(self) -> list[str]:
+        try:
+            response = await self._http.get("/v1/models", timeout=5.0)
+        except httpx.HTTPError as error:
+            raise self._unreachable(error) from error
+        self._check(response)
+        return [model["id"] for model in response.json()["data"]]

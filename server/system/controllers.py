@@ -16,7 +16,11 @@ class SystemController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", summary="vLLM and the database are reachable", media_type=MediaType.JSON)
+    @get(
+        "/readyz",
+        summary="vLLM and the database are reachable, and vLLM has every live model version",
+        media_type=MediaType.JSON,
+    )
     async def readyz(self, state: State) -> Response[dict[str, object]]:
         checks: dict[str, str] = {}
         try:
@@ -31,6 +35,11 @@ class SystemController(Controller):
         else:
             healthy, reason = await state.engine.is_healthy()
             checks["vllm"] = "ok" if healthy else reason
+        missing = state.reconciler.missing
+        if missing is None:
+            checks["models"] = "live model versions not checked in vLLM yet"
+        else:
+            checks["models"] = "; ".join(f"{name} not loaded ({why})" for name, why in missing.items()) or "ok"
         ready = all(value == "ok" for value in checks.values())
         return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

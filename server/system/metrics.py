@@ -35,3 +35,12 @@ RAIL_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
 RAIL_RELOADS = Counter("ratchet_rail_reloads_total", "Rails config reloads by result (loaded, refused)", ["result"])
+
+MODEL_TRANSITIONS = Counter(
+    "ratchet_model_transitions_total",
+    "Model version status changes by new status and who made them (nightly, canary, admin)",
+    ["to_status", "actor"],
+)
+ADAPTER_OPERATIONS = Counter(
+    "ratchet_adapter_operations_total", "Adapter loads and unloads in vLLM by result", ["operation", "result"]
+)

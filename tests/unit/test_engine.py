@@ -1,15 +1,13 @@
-"""The managed vLLM's command line and environment, the model router, and base-model preparation."""
+"""The managed vLLM's command line and environment, the model router's names, and base-model preparation (the
+canary split and pins: tests/unit/test_model_routing.py)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.db.models import ModelAlias, ModelVersion
 from server.engine.launcher import vllm_command, vllm_environment
 from server.models.base_checkpoint import prepare_base_model
 from server.models.generation_defaults import served_defaults
@@ -49,25 +47,6 @@ async def test_router_resolves_alias_version_and_refuses_unknown(
     assert by_version.alias is None and by_version.version == settings.base_model_name
     with pytest.raises(UnknownModelError):
         router.resolve("gpt-17")
-
-
-async def test_router_sends_about_the_canary_fraction_to_the_canary(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession]
-) -> None:
-    router = ModelRouter(sessions, settings)
-    await router.ensure_base_registered()
-    async with sessions.begin() as session:
-        session.add(ModelVersion(name="lora-0001", kind="lora", base_model="base", adapter_path="/adapters/1"))
-        await session.flush()
-        await session.execute(
-            update(ModelAlias)
-            .where(ModelAlias.alias == "ratchet")
-            .values(canary_version_name="lora-0001", canary_fraction=0.2)
-        )
-    await router.refresh()
-    picks = Counter(router.resolve("ratchet").version for _ in range(4000))
-    assert 0.15 < picks["lora-0001"] / 4000 < 0.25
-    assert router.resolve("lora-0001").adapter == "/adapters/1"
 
 
 def test_prepare_is_a_no_op_when_the_conversion_exists() -> None:

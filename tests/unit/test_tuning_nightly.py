@@ -35,6 +35,7 @@ from tuning.nightly import Nightly, TuningBusy, UnfinishedRun, run_lock
 from tuning.train import NotEnoughData, train_rl
 
 REPO = Path(__file__).resolve().parents[2]
+GATES = ["win_rate_lc", "kl_per_token", "known_answer_accuracy", "rail_trip_rate", "sycophancy_rate", "length_ratio"]
 # kto first: the test kills the run in the first policy stage, and redoing a cheap one keeps the test short.
 METHODS = ["kto", "sft", "prompt_tuning", "rl"]
 TINY = {
@@ -53,6 +54,12 @@ TINY = {
     "RL_NUM_GENERATIONS": "2",
     "RL_MAX_COMPLETION_LENGTH": "8",
     "RL_MAX_PROMPTS": "4",
+    "GATE_HELD_OUT_PROMPTS": "2",
+    "GATE_KNOWN_ANSWERS": "2",
+    "GATE_ATTACK_PROMPTS": "2",
+    "GATE_FALSE_CLAIMS": "2",
+    "GATE_MAX_NEW_TOKENS": "8",
+    "GATE_SHORT_MAX_NEW_TOKENS": "8",
 }
 
 # Questions employees ask, a concise answer they liked and a rambling or wrong one they did not.
@@ -238,8 +245,15 @@ def test_nightly_trains_every_method_resumes_after_a_kill_and_then_skips(
     for stage in ("reward_model", *METHODS):
         history = json.loads((run_dir / "stages" / f"{stage}.json").read_text())["log_history"]
         assert any("loss" in entry for entry in history), stage
+    # Every candidate was registered, gated against the base and given a verdict.
+    assert set(record["gates"]) == set(METHODS)
+    for method, verdict in record["gates"].items():
+        assert verdict["version"] == record["candidates"][method] and verdict["active"] == "smollm2-135m-instruct"
+        assert [result["name"] for result in verdict["results"]] == GATES
+        assert verdict["passed"] == all(result["passed"] for result in verdict["results"])
     report = (run_dir / "report.html").read_text()
     assert "pairwise_accuracy" in report
+    assert "Offline gates" in report and "kl_per_token" in report
     for chart in ("chart-reward_model.png", "chart-rl.png"):
         assert chart in report and (run_dir / chart).stat().st_size > 1000
 

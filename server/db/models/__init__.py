@@ -8,7 +8,7 @@ from server.db.models.enums import Channel, MessageStatus, Role
 from server.db.models.feedback import MessageVote, VoteAction, VoteHistory, VoteReason, VoteValue
 from server.db.models.rails import RailEvent
 from server.db.models.review import ReviewDecision, ReviewDecisionKind, ReviewFlag, ReviewState
-from server.db.models.serving import ModelAlias, ModelVersion
+from server.db.models.serving import ModelAlias, ModelKind, ModelPin, ModelStatus, ModelTransition, ModelVersion
 from server.db.models.slack import SlackAnswer, SlackIdentity, SlackInbox, SlackThread
 from server.db.models.tuning import TuningRun
 
@@ -22,6 +22,10 @@ __all__ = [
     "MessageStatus",
     "MessageVote",
     "ModelAlias",
+    "ModelKind",
+    "ModelPin",
+    "ModelStatus",
+    "ModelTransition",
     "ModelVersion",
     "RailEvent",
     "ReviewDecision",

@@ -1,0 +1,73 @@
+"""Putting versions into vLLM and taking them out, on every engine the app uses. vLLM is told only immutable,
+versioned names (re-loading a changed adapter under a name it knows can serve stale weights), and only after the
+artefact's files still hash as they did at registration."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from server.db.models import ModelKind, ModelVersion
+from server.engine.client import EngineClient
+from server.exceptions import ConflictError, UnavailableError
+from server.models.artefacts import verify_hashes
+from server.system import metrics
+
+log = logging.getLogger("ratchet.models")
+
+# Why a soft prompt cannot be put in front of users yet (docs/models.md says how it would be served).
+SOFT_PROMPT_NOT_SERVED = (
+    "prompt_tuning versions cannot be served yet: vLLM serves a soft prompt only as prompt embeddings on "
+    "/v1/completions (--enable-prompt-embeds), with the chat template applied by the app, and the chat path does "
+    "not build those requests"
+)
+
+
+class NotServableError(ConflictError):
+    code = "not_servable"
+
+
+class NoEngineError(UnavailableError):
+    code = "no_engine"
+
+
+def servable_problem(version: ModelVersion) -> str | None:
+    """Why this version cannot be put in front of users on this server, or None."""
+    if version.kind == ModelKind.PROMPT_TUNING:
+        return SOFT_PROMPT_NOT_SERVED
+    return None
+
+
+class AdapterLoader:
+    def __init__(self, engines: Sequence[EngineClient]) -> None:
+        self.engines = list(engines)
+
+    async def load(self, version: ModelVersion, engines: Sequence[EngineClient] | None = None) -> None:
+        """Load a LoRA version into the given engines (all by default); the base needs nothing. Raises before
+        anything is loaded when the artefact changed, and EngineUnavailableError / EngineRejectedError from vLLM."""
+        if version.kind == ModelKind.BASE:
+            return
+        problem = servable_problem(version)
+        if problem:
+            raise NotServableError(f"{version.name}: {problem}")
+        targets = self.engines if engines is None else list(engines)
+        if not targets:
+            raise NoEngineError("no vLLM engine is configured to load the version into")
+        assert version.adapter_path is not None
+        await anyio.to_thread.run_sync(verify_hashes, Path(version.adapter_path), version.artefact_hashes)
+        for engine in targets:
+            try:
+                await engine.load_lora_adapter(version.name, version.adapter_path)
+            except Exception:
+                metrics.ADAPTER_OPERATIONS.labels("load", "failed").inc()
+                raise
+            metrics.ADAPTER_OPERATIONS.labels("load", "ok").inc()
+            log.info("loaded %s into vLLM at %s", version.name, engine.base_url)
+
+    async def unload(self, name: str, engine: EngineClient) -> None:
+        await engine.unload_lora_adapter(name)
+        metrics.ADAPTER_OPERATIONS.labels("unload", "ok").inc()
+        log.info("unloaded %s from vLLM at %s", name, engine.base_url)

@@ -1,0 +1,107 @@
+"""Keeps what every vLLM engine has loaded equal to what the registry says is live, so that a restarted vLLM (a
+crash, an upgrade, a new replica) gets its adapters back before anyone is routed to them, and a version nobody can
+be routed to any more leaves vLLM once it has drained.
+
+Each pass compares each engine's `/v1/models` with the live versions (aliases' active and canary versions and
+pinned ones): a live LoRA an engine lacks is loaded (after its files' hashes are checked again); the router is told
+which versions every engine has, and routes only to those. A loaded LoRA that is no longer live is unloaded once
+it has been out of routing for `model_drain_grace_s` (every app replica's router refreshes well within that) and no
+answer it writes is pending in the database (the chat path stores a pending answer, naming its version, before it
+calls vLLM and finishes it after the last token; answers older than the request timeout cannot still be running).
+The engine list is what several replicas need (issue 16): the same pass runs against each."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from server.db.models import Message, MessageStatus, ModelKind, ModelVersion
+from server.engine.client import EngineClient
+from server.exceptions import RatchetError
+from server.models.loading import AdapterLoader
+from server.models.services import ModelRouter
+from server.models.transitions import live_versions
+from server.settings import Settings
+
+log = logging.getLogger("ratchet.models")
+
+
+class EngineReconciler:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        loader: AdapterLoader,
+        router: ModelRouter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._loader = loader
+        self._router = router
+        self._clock = clock
+        self._unrouted_since: dict[str, float] = {}
+        # Live versions some engine does not have, and why (None before the first pass): readiness reports them.
+        self.missing: dict[str, str] | None = None
+
+    async def reconcile(self) -> None:
+        async with self._sessions() as session:
+            live = {name: v for name, v in (await live_versions(session)).items() if v.kind == ModelKind.LORA}
+            adapters = set(
+                (await session.scalars(select(ModelVersion.name).where(ModelVersion.kind == ModelKind.LORA))).all()
+            )
+        missing: dict[str, str] = {}
+        loaded_everywhere = set(live) if self._loader.engines else set()
+        stale: list[tuple[EngineClient, set[str]]] = []
+        for engine in self._loader.engines:
+            try:
+                served = set(await engine.served_models())
+            except RatchetError as error:
+                loaded_everywhere.clear()
+                missing.update({name: f"{engine.base_url}: {error}" for name in live})
+                continue
+            for name in sorted(live.keys() - served):
+                try:
+                    await self._loader.load(live[name], [engine])
+                    served.add(name)
+                except RatchetError as error:
+                    missing[name] = f"{engine.base_url}: {error}"
+                    log.error("live version %s is not loaded in vLLM at %s: %s", name, engine.base_url, error)
+            loaded_everywhere &= served
+            stale.append((engine, served & (adapters - live.keys())))
+        self._router.set_loaded(loaded_everywhere)
+        self.missing = missing
+        drained = await self._drained(set().union(*(names for _, names in stale)))
+        for engine, names in stale:
+            for name in sorted(names & drained):
+                try:
+                    await self._loader.unload(name, engine)
+                except RatchetError as error:
+                    log.warning("could not unload %s from vLLM at %s: %s", name, engine.base_url, error)
+
+    async def _drained(self, unrouted: set[str]) -> set[str]:
+        """Of the loaded versions nobody is routed to, those out of routing long enough with nothing in flight."""
+        now = self._clock()
+        self._unrouted_since = {name: self._unrouted_since.get(name, now) for name in unrouted}
+        waited = {
+            name for name, since in self._unrouted_since.items() if now - since >= self._settings.model_drain_grace_s
+        }
+        if not waited:
+            return set()
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.vllm_request_timeout_s)
+        async with self._sessions() as session:
+            in_flight = await session.scalars(
+                select(Message.model_version)
+                .where(
+                    Message.status == MessageStatus.PENDING,
+                    Message.model_version.in_(waited),
+                    Message.created_at >= cutoff,
+                )
+                .distinct()
+            )
+            return waited - set(in_flight.all())
