@@ -31,6 +31,7 @@ from server.review.controllers import ReviewController
 from server.settings import Settings, get_settings
 from server.system.controllers import SystemController
 from server.tuning_runs.controllers import TuningRunController
+from server.ui.routes import template_config, ui_routes
 
 log = logging.getLogger("ratchet")
 
@@ -93,7 +94,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ReviewController,
             ExportController,
             TuningRunController,
+            *ui_routes(settings),
         ],
+        template_config=template_config(),
         plugins=[SQLAlchemyPlugin(config=db_config)],
         middleware=[DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS)],
         lifespan=[serving_lifespan],

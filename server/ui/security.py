@@ -17,7 +17,8 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
-from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.middleware.session import SessionMiddleware
+from litestar.middleware.session.client_side import ClientSideSessionBackend, CookieBackendConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.auth.middleware import trusted_principal
@@ -91,6 +92,13 @@ def csrf_config(secret: bytes) -> CSRFConfig:
     )
 
 
+class WebSessionMiddleware(SessionMiddleware[ClientSideSessionBackend]):
+    """Builds its cipher when the app starts: routers are deep-copied on registration, and a cipher cannot be."""
+
+    def __init__(self, app: ASGIApp, config: CookieBackendConfig) -> None:
+        super().__init__(app, backend=ClientSideSessionBackend(config))
+
+
 class WebAuthenticationMiddleware(AbstractAuthenticationMiddleware):
     """The SSO header when that mode is on, else the session cookie's token (unrevoked, user still there)."""
 
@@ -136,7 +144,7 @@ def ui_middleware(settings: Settings) -> list[DefineMiddleware | type[SecureCook
     secret = ui_secret(settings)
     return [
         SecureCookiesOverHttps,
-        session_config(settings, secret).middleware,
+        DefineMiddleware(WebSessionMiddleware, config=session_config(settings, secret)),
         DefineMiddleware(WebAuthenticationMiddleware, exclude_from_auth_key=PUBLIC_OPT),
         DefineMiddleware(CSRFMiddleware, config=csrf_config(secret)),
     ]
