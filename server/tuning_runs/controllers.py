@@ -4,18 +4,20 @@ The app only reads what the tuning job wrote; it never starts or changes a run."
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from litestar import Controller, get
-from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.response import File
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.db.models import Role, TuningRun
-from server.tuning_runs.services import TuningRunNotFoundError, TuningRunService, has_report
+
+REPORT_MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png"}
 
 
 class TuningRunSummary(msgspec.Struct):
@@ -42,12 +44,8 @@ class TuningRunDetail(TuningRunSummary):
     versions: dict[str, str]
 
 
-def provide_tuning_run_service(db_session: AsyncSession) -> TuningRunService:
-    return TuningRunService(db_session)
-
-
 def _report_url(run: TuningRun) -> str | None:
-    if not has_report(run):
+    if not (Path(run.run_dir) / "report.html").exists():
         return None
     return f"/api/tuning/runs/{run.run_id}/report/report.html"
 
@@ -68,22 +66,28 @@ def _summary(run: TuningRun) -> dict[str, Any]:
     }
 
 
+async def _get(db_session: AsyncSession, run_id: str) -> TuningRun:
+    run = await db_session.scalar(select(TuningRun).where(TuningRun.run_id == run_id))
+    if run is None:
+        raise NotFoundException(f"No tuning run {run_id!r}.")
+    return run
+
+
 class TuningRunController(Controller):
     path = "/api/tuning/runs"
     tags = ["tuning"]
     guards = [requires_role(Role.ADMIN)]
-    dependencies = {"tuning_runs": Provide(provide_tuning_run_service, sync_to_thread=False)}
 
     @get("", summary="Nightly tuning runs, newest first")
-    async def list_runs(self, tuning_runs: TuningRunService, limit: int = 50) -> list[TuningRunSummary]:
-        return [TuningRunSummary(**_summary(run)) for run in await tuning_runs.list_runs(limit)]
+    async def list_runs(self, db_session: AsyncSession, limit: int = 50) -> list[TuningRunSummary]:
+        rows = await db_session.scalars(
+            select(TuningRun).order_by(TuningRun.created_at.desc(), TuningRun.id.desc()).limit(min(limit, 500))
+        )
+        return [TuningRunSummary(**_summary(run)) for run in rows]
 
     @get("/{run_id:str}", summary="One run: data counts, held-out figures, outputs, durations, library versions")
-    async def get_run(self, tuning_runs: TuningRunService, run_id: str) -> TuningRunDetail:
-        try:
-            run = await tuning_runs.get_run(run_id)
-        except TuningRunNotFoundError as error:
-            raise NotFoundException(str(error)) from error
+    async def get_run(self, db_session: AsyncSession, run_id: str) -> TuningRunDetail:
+        run = await _get(db_session, run_id)
         return TuningRunDetail(
             **_summary(run),
             run_dir=run.run_dir,
@@ -96,9 +100,10 @@ class TuningRunController(Controller):
         )
 
     @get("/{run_id:str}/report/{name:str}", summary="The run's static report (report.html and its charts)")
-    async def report_file(self, tuning_runs: TuningRunService, run_id: str, name: str) -> File:
-        try:
-            path, media_type = await tuning_runs.report_file(run_id, name)
-        except TuningRunNotFoundError as error:
-            raise NotFoundException(str(error)) from error
-        return File(path, media_type=media_type, content_disposition_type="inline")
+    async def report_file(self, db_session: AsyncSession, run_id: str, name: str) -> File:
+        run = await _get(db_session, run_id)
+        path = Path(run.run_dir) / name
+        # Only the report's own files, never another path of the run directory or above it.
+        if Path(name).name != name or path.suffix not in REPORT_MEDIA_TYPES or not path.is_file():
+            raise NotFoundException(f"Run {run_id} has no report file {name!r}.")
+        return File(path, media_type=REPORT_MEDIA_TYPES[path.suffix], content_disposition_type="inline")

@@ -3,6 +3,7 @@ with their reports. Promotion and rollback forms arrive with the model registry.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from litestar import Controller, Request, get
@@ -12,14 +13,19 @@ from litestar.response import File, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
-from server.db.models import Role
-from server.tuning_runs.services import TuningRunService, charts, has_report
+from server.db.models import Role, TuningRun
+from server.tuning_runs.services import REPORT_MEDIA_TYPES, TuningRunService, report_url
 from server.ui.charts import Series, line_chart
 from server.ui.stats import UsageStats
 
 # The tuning job's own report page keeps its inline stylesheet; it runs no script and may load only its charts.
 REPORT_POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; sandbox"
 RUNS_LISTED = 200
+
+
+def report_charts(run: TuningRun) -> list[str]:
+    """The report's chart files (one per training stage) that the run page shows inline."""
+    return sorted(path.name for path in Path(run.run_dir).glob("chart-*.png"))
 
 
 def provide_tuning_runs(db_session: AsyncSession) -> TuningRunService:
@@ -72,7 +78,7 @@ class AdminController(Controller):
     async def models(
         self, request: Request[Any, Any, Any], stats: UsageStats, tuning_runs: TuningRunService
     ) -> Template:
-        versions = await stats.versions(await tuning_runs.list_runs(500))
+        versions = await stats.versions(await tuning_runs.newest(500))
         figures = await stats.daily(30)
         up_rate = line_chart(
             "version-up-rate",
@@ -88,26 +94,35 @@ class AdminController(Controller):
 
     @get("/runs")
     async def runs(self, request: Request[Any, Any, Any], tuning_runs: TuningRunService) -> Template:
-        runs = await tuning_runs.list_runs(RUNS_LISTED)
+        runs = await tuning_runs.newest(RUNS_LISTED)
         return Template(
             "admin_runs.html.j2",
-            context={"user": request.user, "runs": runs, "reports": {run.run_id: has_report(run) for run in runs}},
+            context={
+                "user": request.user,
+                "runs": runs,
+                "reports": {run.run_id: report_url(run) is not None for run in runs},
+            },
         )
 
     @get("/runs/{run_id:str}")
     async def run(self, request: Request[Any, Any, Any], run_id: str, tuning_runs: TuningRunService) -> Template:
-        run = await tuning_runs.get_run(run_id)
+        run = await tuning_runs.get(run_id)
         return Template(
             "admin_run.html.j2",
-            context={"user": request.user, "run": run, "charts": charts(run), "has_report": has_report(run)},
+            context={
+                "user": request.user,
+                "run": run,
+                "charts": report_charts(run),
+                "has_report": report_url(run) is not None,
+            },
         )
 
     @get("/runs/{run_id:str}/files/{name:str}")
     async def run_file(self, run_id: str, name: str, tuning_runs: TuningRunService) -> File:
-        path, media_type = await tuning_runs.report_file(run_id, name)
+        path = await tuning_runs.report_file(run_id, name)
         return File(
             path,
-            media_type=media_type,
+            media_type=REPORT_MEDIA_TYPES[path.suffix],
             content_disposition_type="inline",
             headers={"Content-Security-Policy": REPORT_POLICY},
         )
