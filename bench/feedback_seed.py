@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
+from server.chat.turns import Provenance, record_turn
 from server.db.models import (
-    Conversation,
-    Message,
+    MessageStatus,
     MessageVote,
     ReviewDecision,
     ReviewDecisionKind,
@@ -48,35 +48,26 @@ async def seed(
         session.add_all([asker, reviewer])
         await session.flush()
         for item in items:
-            common = {"user_id": asker.id, "channel": "web", "created_at": created_at, "updated_at": created_at}
-            conversation = Conversation(id=uuid7(), title=item.question[:80], **common)
-            question = Message(
-                id=uuid7(), conversation_id=conversation.id, role="user", content=item.question, **common
-            )
-            # The answer points at the question in the same table: flush the question first.
-            session.add_all([conversation, question])
-            await session.flush()
             prompt = [{"role": "system", "content": system_prompt}, {"role": "user", "content": item.question}]
-            answer = Message(
-                id=uuid7(),
-                conversation_id=conversation.id,
-                role="assistant",
-                content=item.answer,
-                reply_to_id=question.id,
-                model_alias="ratchet",
-                model_version=model_version,
-                prompt_messages=prompt,
+            recorded = record_turn(
+                session,
+                user_id=asker.id,
+                channel="web",
+                question=item.question,
+                provenance=Provenance("ratchet", model_version, None, None, None, prompt),
+                answer=item.answer,
+                status=MessageStatus.COMPLETE,
                 finish_reason="stop",
-                **common,
+                created_at=created_at,
             )
-            session.add(answer)
+            # Votes and review rows have no ORM relationship to order them after the answer: flush it first.
             await session.flush()
             if item.vote is not None:
-                session.add(MessageVote(message_id=answer.id, user_id=asker.id, value=item.vote))
+                session.add(MessageVote(message_id=recorded.answer_id, user_id=asker.id, value=item.vote))
             if item.correction is not None:
                 decision = ReviewDecision(
                     id=uuid7(),
-                    message_id=answer.id,
+                    message_id=recorded.answer_id,
                     reviewer_id=reviewer.id,
                     decision=ReviewDecisionKind.CORRECT,
                     correction=item.correction,
@@ -84,7 +75,7 @@ async def seed(
                 session.add(decision)
                 session.add(
                     ReviewState(
-                        message_id=answer.id,
+                        message_id=recorded.answer_id,
                         decision_id=decision.id,
                         decision=ReviewDecisionKind.CORRECT,
                         trainable=True,

@@ -17,7 +17,10 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from server.auth.middleware import TokenAuthenticationMiddleware
 from server.auth.services import UserService
 from server.chat.controllers import ChatController, ConversationController
-from server.chat.services import ChatService, ConversationService
+from server.chat.conversations import ConversationService
+from server.chat.regeneration import RegenerationService
+from server.chat.services import ChatService
+from server.chat.turns import TurnStore
 from server.db.engine import build_db_config
 from server.engine.client import EngineClient
 from server.engine.launcher import EngineState, VllmLauncher
@@ -64,8 +67,10 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     state.rails = RailsRegistry(settings.rails_config, settings.rails_enabled, settings.vllm_request_timeout_s)
     await state.rails.start()
     uninstall_sighup = install_sighup_reload(state.rails)
-    state.chat = ChatService(sessions, engine, router, settings, engine_down_reason, state.rails)
-    failed = await state.chat.fail_stale_pending()
+    turns = TurnStore(sessions)
+    state.chat = ChatService(turns, engine, router, settings, engine_down_reason, state.rails)
+    state.regeneration = RegenerationService(sessions, turns, engine, router, engine_down_reason, state.rails)
+    failed = await turns.fail_stale_pending(settings.vllm_request_timeout_s)
     if failed:
         log.warning("marked %d answers left pending by an earlier process as failed", failed)
     if launcher is not None:

@@ -9,7 +9,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from server.chat.services import ConversationNotFoundError, InvalidChatError
+from server.chat.exceptions import ConversationNotFoundError, InvalidChatError
 from server.engine.client import EngineRejectedError, EngineUnavailableError
 from server.engine.router import UnknownModelError
 from server.system import metrics
@@ -58,7 +58,7 @@ def handle_domain_exception(request: Request[Any, Any, Any], exc: Exception) -> 
     if isinstance(exc, ConversationNotFoundError):
         return error_response(request, 404, str(exc), "conversation_not_found")
     if isinstance(exc, EngineRejectedError):
-        return error_response(request, 400, f"The model server rejected the request: {exc}", "rejected")
+        return error_response(request, 400, str(exc), "rejected")
     if isinstance(exc, InvalidChatError):
         return error_response(request, 400, str(exc), "invalid_messages")
     log.exception("unhandled error on %s", request.url.path)

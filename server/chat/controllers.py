@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +11,8 @@ from litestar.di import Provide
 from litestar.params import Parameter
 from litestar.response import Response, Stream
 
+from server.chat import openai_wire
+from server.chat.conversations import ConversationService
 from server.chat.schemas import (
     ChatCompletionRequest,
     ConversationDetail,
@@ -20,7 +21,7 @@ from server.chat.schemas import (
     ModelList,
     StoredMessage,
 )
-from server.chat.services import ChatService, ConversationService, Turn
+from server.chat.services import ChatService
 from server.db.models import Channel
 from server.engine.router import ModelRouter
 
@@ -35,19 +36,6 @@ def provide_conversation_service(state: State) -> ConversationService:
 
 def provide_model_router(state: State) -> ModelRouter:
     return state.router
-
-
-def turn_headers(turn: Turn) -> dict[str, str]:
-    headers = {
-        "X-Ratchet-Message-Id": str(turn.message_id),
-        "X-Ratchet-Conversation-Id": str(turn.conversation_id),
-        "X-Ratchet-Model-Version": turn.route.version,
-    }
-    if turn.rails is not None:
-        # A stream's body starts before the output rails finish, so its input verdicts travel here (JSON).
-        headers["X-Ratchet-Rails-Version"] = turn.rails.version
-        headers["X-Ratchet-Rails-Input"] = json.dumps([verdict.to_dict() for verdict in turn.input_verdicts])
-    return headers
 
 
 class ChatController(Controller):
@@ -65,15 +53,15 @@ class ChatController(Controller):
         """Answers like OpenAI's endpoint. The answer's message id (what feedback refers to) is in the
         `ratchet.message_id` field, the `X-Ratchet-Message-Id` header and the completion id `chatcmpl-<id>`."""
         turn = await chat_service.start_turn(request.user, data, Channel.API)
-        headers = turn_headers(turn)
+        events = chat_service.stream_turn(turn)
         if data.stream:
-            chunks = await chat_service.open_stream(turn)
+            include_usage = data.stream_options is not None and data.stream_options.include_usage
             return Stream(
-                chunks,
+                openai_wire.sse(turn, events, include_usage),
                 media_type="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers=openai_wire.headers(turn, stream=True),
             )
-        return Response(await chat_service.complete(turn), headers=headers)
+        return Response(await openai_wire.completion(turn, events), headers=openai_wire.headers(turn, stream=False))
 
     @get("/models", summary="List the model aliases and versions that can be asked for")
     async def list_models(self, model_router: ModelRouter) -> ModelList:

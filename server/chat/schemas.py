@@ -1,4 +1,5 @@
-"""OpenAI-compatible chat completion request shapes (responses are relayed from vLLM, extended)."""
+"""OpenAI-compatible chat completion request shapes, Ratchet's metadata on answers, and the conversation views.
+The answers' wire shapes are the API edge's (server/chat/openai_wire.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import msgspec
 from msgspec import Meta, Struct
 
 
@@ -102,17 +102,3 @@ class ModelCard(Struct):
 class ModelList(Struct):
     data: list[ModelCard]
     object: str = "list"
-
-
-class OpenAIError(Struct):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIErrorResponse(Struct):
-    error: OpenAIError
-
-
-json_encoder = msgspec.json.Encoder()

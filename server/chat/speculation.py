@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
-import httpx
-
-from server.engine.client import EngineClient
+from server.engine.client import ChatStream
 
 T = TypeVar("T")
-OpenStream = tuple[AbstractAsyncContextManager[httpx.Response], httpx.Response]
 
 
 class Speculation(Generic[T]):
@@ -39,13 +35,5 @@ class Speculation(Generic[T]):
         if self._task.cancelled() or self._task.exception() is not None:
             return
         opened = self._task.result()
-        if isinstance(opened, tuple):
-            upstream, _ = opened
-            await upstream.__aexit__(None, None, None)
-
-
-async def open_stream(engine: EngineClient, payload: dict[str, Any]) -> OpenStream:
-    """Open a streamed completion: the context to close it with and the response whose body is the stream."""
-    upstream = engine.stream_chat(payload)
-    response = await upstream.__aenter__()
-    return upstream, response
+        if isinstance(opened, ChatStream):
+            await opened.aclose()

@@ -3,23 +3,55 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import msgspec
+from httpx_sse import EventSource, SSEError
+
+from server.exceptions import InvalidInputError, UnavailableError
 
 
-class EngineUnavailableError(Exception):
+class EngineUnavailableError(UnavailableError):
     """vLLM cannot be reached or failed; the API answers 503 with this reason."""
 
+    code = "engine_unavailable"
 
-class EngineRejectedError(Exception):
+
+class EngineRejectedError(InvalidInputError):
     """vLLM refused the request as invalid (e.g. prompt too long); the API answers 400 with its message."""
 
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+    code = "rejected"
+
+    def __init__(self, message: str, engine_status: int) -> None:
+        super().__init__(f"The model server rejected the request: {message}")
+        self.engine_status = engine_status
+
+
+class ChunkDelta(msgspec.Struct):
+    content: str | None = None
+    role: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    delta: ChunkDelta = msgspec.field(default_factory=ChunkDelta)
+    finish_reason: str | None = None
+
+
+class ChunkUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatChunk(msgspec.Struct):
+    """The part of a streamed completion chunk that the chat path reads."""
+
+    choices: list[ChunkChoice] = []
+    usage: ChunkUsage | None = None
+    error: dict[str, Any] | None = None
+
+
+_chunk_decoder = msgspec.json.Decoder(ChatChunk)
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -29,6 +61,40 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:500]
     error = body.get("error", body) if isinstance(body, dict) else body
     return str(error.get("message", error) if isinstance(error, dict) else error)[:500]
+
+
+class ChatStream:
+    """A streamed chat completion, open. Closing it closes the connection, which aborts the generation in vLLM."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    async def chunks(self) -> AsyncIterator[ChatChunk]:
+        """The completion's chunks up to `[DONE]`; raises EngineUnavailableError when the stream breaks or ends
+        early, or vLLM reports an error mid-answer."""
+        done = False
+        try:
+            # Any SSE framing (CRLF, multi-line data): RATCHET_VLLM_URL may be any OpenAI-compatible server.
+            async for event in EventSource(self._response).aiter_sse():
+                if done or not event.data:
+                    # Read on to the end of the body, so the connection goes back to the pool.
+                    continue
+                if event.data == "[DONE]":
+                    done = True
+                    continue
+                chunk = _chunk_decoder.decode(event.data)
+                if chunk.error is not None:
+                    raise EngineUnavailableError(f"vLLM failed mid-answer: {chunk.error.get('message', chunk.error)}")
+                yield chunk
+        except (httpx.HTTPError, SSEError) as error:
+            raise EngineUnavailableError(f"lost vLLM mid-answer: {type(error).__name__}") from error
+        except msgspec.DecodeError as error:
+            raise EngineUnavailableError(f"vLLM sent an unreadable chunk: {error}") from error
+        if not done:
+            raise EngineUnavailableError("the stream from vLLM ended before it finished")
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
 
 
 class EngineClient:
@@ -69,44 +135,28 @@ class EngineClient:
                 headers={"content-type": "application/json"},
             )
         except httpx.HTTPError as error:
-            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
+            raise self._unreachable(error) from error
         self._check(response)
         return msgspec.json.decode(response.content)
 
-    @asynccontextmanager
-    async def stream_chat(self, payload: dict[str, Any]) -> AsyncIterator[httpx.Response]:
-        """Open a streamed chat completion; closing the context closes the connection, which aborts it in vLLM."""
+    async def open_chat_stream(self, payload: dict[str, Any]) -> ChatStream:
+        """Start a streamed chat completion; a refusal or failure before its first byte raises here."""
         request = self._http.build_request(
             "POST",
             "/v1/chat/completions",
             content=msgspec.json.encode(payload),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", "accept": "text/event-stream"},
         )
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as error:
-            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
-        try:
-            if response.status_code >= 400:
+            raise self._unreachable(error) from error
+        if response.status_code >= 400:
+            try:
                 await response.aread()
-                self._check(response)
-            yield response
-        finally:
-            await response.aclose()
-
-    async def load_lora_adapter(self, name: str, path: str) -> None:
-        try:
-            response = await self._http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
-        except httpx.HTTPError as error:
-            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
-        if response.status_code == 400 and "already been loaded" in response.text:
-            return
-        self._check(response)
-
-    async def served_models(self) -> list[str]:
-        try:
-            response = await self._http.get("/v1/models")
-        except httpx.HTTPError as error:
-            raise EngineUnavailableError(f"vLLM at {self.base_url} unreachable: {type(error).__name__}") from error
-        self._check(response)
-        return [model["id"] for model in response.json()["data"]]
+            except httpx.HTTPError as error:
+                raise self._unreachable(error) from error
+            finally:
+                await response.aclose()
+            self._check(response)
+        return ChatStream(response)

@@ -12,7 +12,7 @@ from litestar.exceptions import NotFoundException
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
-from server.chat.services import ChatService
+from server.chat.regeneration import RegenerationService
 from server.db.models import Message, Role
 from server.feedback.schemas import DeletedData, RegeneratedAnswer, Vote, VoteInput
 from server.feedback.services import AnswerNotFoundError, FeedbackService, UserDataService, UserNotFoundError
@@ -26,8 +26,8 @@ def provide_user_data_service(db_session: AsyncSession) -> UserDataService:
     return UserDataService(db_session)
 
 
-def provide_chat_service(state: State) -> ChatService:
-    return state.chat
+def provide_regeneration_service(state: State) -> RegenerationService:
+    return state.regeneration
 
 
 def regenerated(message: Message, regenerated_from_id: UUID) -> RegeneratedAnswer:
@@ -50,7 +50,7 @@ class FeedbackController(Controller):
     tags = ["feedback"]
     dependencies = {
         "feedback_service": Provide(provide_feedback_service, sync_to_thread=False),
-        "chat_service": Provide(provide_chat_service, sync_to_thread=False),
+        "regeneration_service": Provide(provide_regeneration_service, sync_to_thread=False),
     }
 
     @put("/feedback", summary="Vote on an answer (replaces the caller's earlier vote)")
@@ -84,11 +84,11 @@ class FeedbackController(Controller):
 
     @post("/regenerate", summary="Generate a new answer to the same context", status_code=201)
     async def regenerate(
-        self, request: Request[Any, Any, Any], message_id: UUID, chat_service: ChatService
+        self, request: Request[Any, Any, Any], message_id: UUID, regeneration_service: RegenerationService
     ) -> RegeneratedAnswer:
         """Asks vLLM again with the answer's exact context and stores the result as a sibling linked to it.
         Vote on the new `message_id` like on any answer."""
-        return regenerated(await chat_service.regenerate(request.user, message_id), message_id)
+        return regenerated(await regeneration_service.regenerate(request.user, message_id), message_id)
 
 
 class UserDataController(Controller):

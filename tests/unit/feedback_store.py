@@ -1,4 +1,4 @@
-"""Helpers that put conversations in the store the way the chat path does, for the feedback tests."""
+"""Helpers that put conversations in the store through the chat path's own row writer, for the feedback tests."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from uuid import UUID
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from uuid_utils.compat import uuid7
 
 from server.auth.services import Principal, UserService
+from server.chat.turns import Provenance, record_answer, record_turn
 from server.db.models import (
-    Conversation,
     Message,
+    MessageStatus,
     MessageVote,
     ReviewDecisionKind,
     Role,
@@ -69,75 +69,57 @@ async def exchange(
     created_at: datetime | None = None,
 ) -> Exchange:
     """One user question and its answer, continuing `after`'s conversation (its answer becomes context)."""
-    created_at = created_at or datetime.now(UTC)
     async with sessions.begin() as session:
         if after is None:
-            conversation = Conversation(id=uuid7(), user_id=user.id, channel=channel, title=question[:80])
-            session.add(conversation)
             history: list[dict[str, str]] = [SYSTEM]
         else:
             previous = await session.get(Message, after.answer_id)
             assert previous is not None
             history = [*after.prompt, {"role": "assistant", "content": previous.content}]
-        conversation_id = conversation.id if after is None else after.conversation_id
         prompt = [*history, {"role": "user", "content": question}]
-        question_id, answer_id = uuid7(), uuid7()
-        common: dict[str, Any] = {
-            "conversation_id": conversation_id,
-            "user_id": user.id,
-            "channel": channel,
-            "created_at": created_at,
-            "updated_at": created_at,
-        }
-        session.add(Message(id=question_id, role="user", content=question, **common))
-        await session.flush()
-        session.add(
-            Message(
-                id=answer_id,
-                role="assistant",
-                content=answer,
-                status=status,
-                reply_to_id=question_id,
-                model_alias="ratchet",
-                model_version=model_version,
-                system_prompt_version="sp-test",
-                sampling={"max_tokens": 128},
-                prompt_messages=prompt,
-                finish_reason="stop" if status == "complete" else None,
-                **common,
-            )
+        recorded = record_turn(
+            session,
+            user_id=user.id,
+            channel=channel,
+            question=question,
+            provenance=Provenance("ratchet", model_version, None, "sp-test", {"max_tokens": 128}, prompt),
+            conversation_id=after.conversation_id if after is not None else None,
+            answer=answer,
+            status=MessageStatus(status),
+            finish_reason="stop" if status == "complete" else None,
+            created_at=created_at or datetime.now(UTC),
         )
-    return Exchange(conversation_id, question_id, answer_id, prompt)
+    return Exchange(recorded.conversation_id, recorded.question_id, recorded.answer_id, prompt)
 
 
 async def sibling(
     sessions: async_sessionmaker[AsyncSession], first: Exchange, answer: str, created_at: datetime | None = None
 ) -> UUID:
-    """A regenerated answer to `first`'s question, stored as the chat service's regenerate() stores it."""
-    created_at = created_at or datetime.now(UTC)
+    """A regenerated answer to `first`'s question, stored as regeneration stores it."""
     async with sessions.begin() as session:
         original = await session.get(Message, first.answer_id)
-        assert original is not None
-        regenerated = Message(
-            id=uuid7(),
+        assert original is not None and original.reply_to_id is not None and original.model_version is not None
+        provenance = Provenance(
+            original.model_alias,
+            original.model_version,
+            original.adapter,
+            original.system_prompt_version,
+            original.sampling,
+            original.prompt_messages,
+        )
+        return record_answer(
+            session,
             conversation_id=original.conversation_id,
             user_id=original.user_id,
-            role="assistant",
-            content=answer,
             channel=original.channel,
             reply_to_id=original.reply_to_id,
-            regenerated_from_id=original.id,
-            model_alias=original.model_alias,
-            model_version=original.model_version,
-            system_prompt_version=original.system_prompt_version,
-            sampling=original.sampling,
-            prompt_messages=original.prompt_messages,
+            provenance=provenance,
+            content=answer,
+            status=MessageStatus.COMPLETE,
             finish_reason="stop",
-            created_at=created_at,
-            updated_at=created_at,
+            regenerated_from_id=original.id,
+            created_at=created_at or datetime.now(UTC),
         )
-        session.add(regenerated)
-    return regenerated.id
 
 
 async def backdate_vote(sessions: async_sessionmaker[AsyncSession], answer_id: UUID, when: datetime) -> None:

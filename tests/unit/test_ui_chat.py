@@ -10,13 +10,14 @@ from typing import Any
 from uuid import UUID
 
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from server.chat.events import ChatEvent, Failed, Finished, TextDelta
 from server.chat.schemas import ChatCompletionRequest, RatchetMetadata
 from server.chat.services import ChatService
-from server.db.models import Channel, Conversation
+from server.db.models import Channel, Conversation, Message, MessageStatus
 from server.engine.client import EngineUnavailableError
 from server.feedback.services import FeedbackService
 from tests.unit.feedback_store import exchange, person
@@ -252,3 +253,15 @@ async def test_a_vote_with_an_unknown_reason_is_a_400_and_stores_nothing(
 async def post_form_token(client: AsyncTestClient) -> str:
     page = await client.get("/ui/chat/")
     return page.text.split('name="_csrf_token" value="', 1)[1].split('"', 1)[0]
+
+
+async def test_with_the_real_chat_path_and_vllm_unreachable_the_page_gets_a_503_and_no_answer_looks_live(
+    client: AsyncTestClient, sessions: async_sessionmaker[AsyncSession], user_token: str
+) -> None:
+    await sign_in(client, user_token)
+    response = await ask(client, "What is a mutex?")
+    assert response.status_code == 503
+    assert "unreachable" in response.json()["detail"]
+    async with sessions() as session:
+        answers = (await session.scalars(select(Message).where(Message.role == "assistant"))).all()
+    assert {answer.status for answer in answers} <= {MessageStatus.FAILED}

@@ -15,8 +15,10 @@ from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Response, ServerSentEvent, ServerSentEventMessage, Template
 
+from server.chat.conversations import ConversationService
 from server.chat.events import Failed, Finished, TextDelta
-from server.chat.services import ChatService, ConversationService
+from server.chat.regeneration import RegenerationService
+from server.chat.services import ChatService
 from server.db.models import Channel, MessageStatus, VoteReason, VoteValue
 from server.feedback.schemas import MAX_COMMENT_CHARS
 from server.feedback.services import AnswerNotFoundError, FeedbackService
@@ -33,6 +35,10 @@ def provide_chat_service(state: State) -> ChatService:
 
 def provide_conversation_service(state: State) -> ConversationService:
     return state.conversations
+
+
+def provide_regeneration_service(state: State) -> RegenerationService:
+    return state.regeneration
 
 
 def provide_feedback_service(state: State) -> FeedbackService:
@@ -55,6 +61,7 @@ class ChatPageController(Controller):
         "chat_service": Provide(provide_chat_service, sync_to_thread=False),
         "conversations": Provide(provide_conversation_service, sync_to_thread=False),
         "feedback": Provide(provide_feedback_service, sync_to_thread=False),
+        "regeneration": Provide(provide_regeneration_service, sync_to_thread=False),
     }
 
     async def _page(
@@ -243,9 +250,9 @@ class AnswerController(Controller):
         self,
         request: Request[Any, Any, Any],
         message_id: UUID,
-        chat_service: ChatService,
+        regeneration: RegenerationService,
         conversations: ConversationService,
         feedback: FeedbackService,
     ) -> Response[Any]:
-        sibling = await chat_service.regenerate(request.user, message_id)
+        sibling = await regeneration.regenerate(request.user, message_id)
         return await self._answer(request, conversations, feedback, sibling.conversation_id, sibling.id)

@@ -215,7 +215,7 @@ function markStopped(answer, body, message) {
 function showError(box, message, form) {
   box.textContent = "";
   const text = document.createElement("span");
-  text.textContent = `${message} Your question was not sent. `;
+  text.textContent = `${message} `;
   const retry = document.createElement("button");
   retry.type = "button";
   retry.textContent = "Try again";
