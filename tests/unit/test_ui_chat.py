@@ -17,7 +17,7 @@ from uuid_utils.compat import uuid7
 from server.chat.events import ChatEvent, Failed, Finished, TextDelta
 from server.chat.schemas import ChatCompletionRequest, RatchetMetadata
 from server.chat.services import ChatService
-from server.db.models import Channel, Conversation, Message, MessageStatus
+from server.db.models import Channel, Conversation, Message, MessageStatus, VoteValue
 from server.engine.client import EngineUnavailableError
 from server.feedback.services import FeedbackService
 from tests.unit.feedback_store import exchange, person
@@ -265,3 +265,27 @@ async def test_with_the_real_chat_path_and_vllm_unreachable_the_page_gets_a_503_
     async with sessions() as session:
         answers = (await session.scalars(select(Message).where(Message.role == "assistant"))).all()
     assert {answer.status for answer in answers} <= {MessageStatus.FAILED}
+
+
+async def test_a_user_downloads_all_their_data_and_deletes_it(
+    client: AsyncTestClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    alice = await person(sessions, "alice-data")
+    bob = await person(sessions, "bob-data")
+    turn = await exchange(sessions, alice, "Where is the VPN guide?", "On the wiki.")
+    await exchange(sessions, bob, "Bob's question", "Bob's answer")
+    await FeedbackService(sessions).set_vote(alice.principal, turn.answer_id, VoteValue.UP, [], "")
+    await sign_in(client, alice.token)
+    download = await client.get("/ui/account/data.json")
+    assert "attachment" in download.headers["content-disposition"]
+    [conversation] = download.json()
+    assert [m["content"] for m in conversation["messages"]] == ["Where is the VPN guide?", "On the wiki."]
+    assert conversation["messages"][1]["vote"]["value"] == "up"
+    refused = await post_form(client, "/ui/account/delete-data", {}, page="/ui/account/")
+    assert refused.status_code == 400
+    deleted = await post_form(client, "/ui/account/delete-data", {"confirm": "yes"}, page="/ui/account/")
+    assert deleted.status_code == 200
+    assert "1 conversations, 2 messages, 1 votes" in " ".join(deleted.text.split())
+    assert (await client.get("/ui/account/data.json")).json() == []
+    async with sessions() as session:
+        assert len((await session.scalars(select(Conversation))).all()) == 1  # Bob's

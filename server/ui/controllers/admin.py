@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import Parameter
-from litestar.response import File, Template
+from litestar.response import File, Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.guards import requires_role
 from server.db.models import Role, TuningRun
+from server.exports.services import ExportFilters, ExportService
 from server.tuning_runs.services import REPORT_MEDIA_TYPES, TuningRunService, report_url
 from server.ui.charts import Series, line_chart
 from server.ui.stats import UsageStats
@@ -72,6 +74,16 @@ class AdminController(Controller):
                     chart("errors", "Failed answers per day", "errors"),
                 ],
             },
+        )
+
+    @get("/export", media_type="application/zip")
+    async def export(self, state: State, db_session: AsyncSession) -> Response[bytes]:
+        """The whole training-data export, as the export API gives it (same files, same hash)."""
+        export = await ExportService(db_session, state.settings.export_max_pairs_per_prompt).build(ExportFilters())
+        return Response(
+            export.zip(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="ratchet-export-{export.content_hash[:12]}.zip"'},
         )
 
     @get("/models")

@@ -11,11 +11,14 @@ from litestar.response import Redirect, Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.services import UserService
-from server.feedback.services import UserDataService
+from server.chat.conversations import ConversationService
+from server.feedback.services import FeedbackService, UserDataService
+from server.ui.controllers.chat import provide_conversation_service, provide_feedback_service
 from server.ui.controllers.forms import form_of, text
 from server.ui.security import PUBLIC_OPT, SESSION_KEY
 
 HOME = "/ui/chat"
+EVERYTHING = 100_000
 
 
 def safe_next(target: str) -> str:
@@ -72,11 +75,47 @@ def provide_user_data_service(db_session: AsyncSession) -> UserDataService:
 
 class AccountController(Controller):
     path = "/account"
-    dependencies = {"user_data": Provide(provide_user_data_service, sync_to_thread=False)}
+    dependencies = {
+        "user_data": Provide(provide_user_data_service, sync_to_thread=False),
+        "conversations": Provide(provide_conversation_service, sync_to_thread=False),
+        "feedback": Provide(provide_feedback_service, sync_to_thread=False),
+    }
 
     @get("/")
     async def account(self, request: Request[Any, Any, Any]) -> Template:
         return Template("account.html.j2", context={"user": request.user, "deleted": None})
+
+    @get("/data.json")
+    async def download(
+        self, request: Request[Any, Any, Any], conversations: ConversationService, feedback: FeedbackService
+    ) -> Response[list[dict[str, Any]]]:
+        """Everything Ratchet keeps of what the user said: each conversation, its messages and the user's votes."""
+        listed = await conversations.list_conversations(request.user, EVERYTHING, 0)
+        shown = []
+        for conversation in listed:
+            _, messages = await conversations.get_conversation(request.user, conversation.id)
+            votes = await feedback.votes_on(request.user, [message.id for message in messages])
+            shown.append(
+                {
+                    "id": conversation.id,
+                    "title": conversation.title,
+                    "channel": conversation.channel,
+                    "created_at": conversation.created_at,
+                    "messages": [
+                        {
+                            "id": message.id,
+                            "role": message.role,
+                            "content": message.content,
+                            "status": message.status,
+                            "created_at": message.created_at,
+                            "model_version": message.model_version,
+                            "vote": votes.get(message.id),
+                        }
+                        for message in messages
+                    ],
+                }
+            )
+        return Response(shown, headers={"Content-Disposition": 'attachment; filename="my-ratchet-data.json"'})
 
     @post("/delete-data", status_code=200)
     async def delete_data(self, request: Request[Any, Any, Any], user_data: UserDataService) -> Template:
