@@ -150,7 +150,7 @@ def _announce_when_ready(settings: Settings, host: str, port: int) -> None:
 
 
 def _shown(default: object) -> str:
-    if default is None or default == "":
+    if default is None or str(default) == "":  # str(): an empty SecretStr too
         return "(empty)"
     return str(default)
 

@@ -34,7 +34,8 @@ def e2e_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]
         data_dir,
         f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
         PREPARED_MODEL,
-        {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": ""},
+        # Short answers keep the suite's time bounded on a CPU; the stop test stops long before this.
+        {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_DEFAULT_MAX_TOKENS": "160"},
     )
     try:
         wait_ready(server, READY_TIMEOUT_S)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import stat
 import uuid
+from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -13,7 +15,7 @@ from server.app import create_app
 from server.db.models import Conversation, ReviewDecision, Role
 from server.settings import Settings
 from server.ui.controllers.session import safe_next
-from server.ui.security import CONTENT_SECURITY_POLICY, SESSION_COOKIE
+from server.ui.security import CONTENT_SECURITY_POLICY, SESSION_COOKIE, ui_secret
 from tests.unit.feedback_store import exchange, person
 from tests.unit.ui_client import form_token, post_form, sign_in
 
@@ -159,3 +161,15 @@ def test_sign_in_only_returns_to_pages_inside_the_ui() -> None:
     assert safe_next("/ui/review/") == "/ui/review/"
     for outside in ["https://evil.example/", "//evil.example/ui/", "/api/exports/training-data", "/ui/\\evil"]:
         assert safe_next(outside) == "/ui/chat"
+
+
+def test_without_a_configured_secret_one_is_generated_once_and_kept_private(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    first = ui_secret(settings)
+    assert len(first) >= 32
+    assert ui_secret(settings) == first  # sessions survive a restart
+    assert stat.S_IMODE((tmp_path / "ui-secret").stat().st_mode) == 0o600
+    assert (
+        ui_secret(Settings(data_dir=tmp_path, ui_secret="configured-on-every-replica"))
+        == b"configured-on-every-replica"
+    )
