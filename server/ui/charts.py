@@ -8,8 +8,8 @@ from datetime import date
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 44, 12, 12, 28
+WIDTH, HEIGHT = 480, 200
+LEFT, RIGHT, TOP, BOTTOM = 40, 22, 10, 26
 SERIES_CLASSES = 8
 
 
@@ -75,7 +75,8 @@ def line_chart(chart_id: str, title: str, days: list[date], series: list[Series]
         f'<li><span class="swatch s{number % SERIES_CLASSES}"></span>{escape(line.name)}</li>'
         for number, line in enumerate(series)
     )
-    return Markup(f'<figure class="chart-figure">{"".join(parts)}<ul class="legend">{legend}</ul>') + _table(
+    caption = f"<figcaption>{escape(title)}</figcaption>"
+    return Markup(f'<figure class="chart-figure">{caption}{"".join(parts)}<ul class="legend">{legend}</ul>') + _table(
         title, days, series, percent
     )
 
@@ -92,6 +93,6 @@ def _table(title: str, days: list[date], series: list[Series], percent: bool) ->
         for index, day in enumerate(days)
     )
     return Markup(
-        f"<details><summary>{escape(title)}: the figures</summary><table class='figures'><thead><tr><th scope='col'>"
+        f"<details><summary>The figures</summary><table class='figures'><thead><tr><th scope='col'>"
         f"day</th>{head}</tr></thead><tbody>{rows}</tbody></table></details></figure>"
     )

@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,9 @@ def wait_for_answer(page: Page) -> str:
 
 
 def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
+    """Playwright's sync API keeps an event loop running in this thread, so database reads get their own."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def answer_status(server: LiveServer, message_id: str) -> str:
@@ -81,10 +84,10 @@ def test_an_employee_question_streams_a_thumbs_down_reaches_ops_and_the_correcti
     answer.get_by_label("Wrong or inaccurate").check()
     answer.get_by_label("Comment (optional)").fill("It should say it is a lock (e2e)")
     answer.get_by_role("button", name="Send thumbs down").click()
-    expect(alice.locator(f"#m-{answer_id}")).to_contain_text("Your vote: 👎 not good")
+    expect(alice.locator(f"#m-{answer_id}")).to_contain_text("Your vote: not good")
     alice.reload()
     reopened = alice.locator(f"#m-{answer_id}")
-    expect(reopened).to_contain_text("Your vote: 👎 not good")
+    expect(reopened).to_contain_text("Your vote: not good")
     expect(reopened.get_by_label("Wrong or inaccurate")).to_be_checked()
 
     olivia.goto("/ui/review/?reason=wrong")
@@ -207,7 +210,7 @@ def test_chat_works_by_keyboard_alone(alice: Page) -> None:
         if alice.evaluate("document.activeElement.matches('button.thumb')"):
             break
     alice.keyboard.press("Enter")
-    expect(alice.locator(f"#m-{answer_id}")).to_contain_text("Your vote: 👍 good")
+    expect(alice.locator(f"#m-{answer_id}")).to_contain_text("Your vote: good")
 
 
 def axe_violations(page: Page) -> list[dict[str, Any]]:
