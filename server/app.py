@@ -34,7 +34,8 @@ from server.review.controllers import ReviewController
 from server.settings import Settings, get_settings
 from server.system.controllers import SystemController
 from server.tuning_runs.controllers import TuningRunController
-from server.ui.routes import template_config, ui_routes
+from server.ui.controllers import ui_routes
+from server.ui.templating import template_config
 
 log = logging.getLogger("ratchet")
 

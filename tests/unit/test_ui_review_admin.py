@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.db.models import ModelVersion, RailEvent, ReviewDecision, ReviewState, Role, VoteReason, VoteValue
 from server.feedback.services import FeedbackService
-from server.ui.routes import REASON_LABELS
+from server.ui.templating import REASON_LABELS
 from tests.unit.feedback_store import exchange, person
 from tests.unit.test_tuning_runs_api import a_finished_run
 from tests.unit.ui_client import form_token, sign_in
