@@ -186,6 +186,29 @@ async def seed_answer(server: LiveServer, user_name: str, question: str, answer:
         await engine.dispose()
 
 
+def test_the_review_desk_works_from_the_keyboard(olivia: Page, e2e_server: LiveServer) -> None:
+    conversation_id = run(seed_answer(e2e_server, "alice", "Is the cafeteria open on Sunday?", "Yes, all night."))
+    thread = httpx.get(f"{e2e_server.base_url}/api/conversations/{conversation_id}", headers=e2e_server.headers())
+    answer_id = thread.json()["messages"][-1]["id"]
+    vote = httpx.put(
+        f"{e2e_server.base_url}/api/messages/{answer_id}/feedback",
+        json={"value": "down", "reasons": ["wrong"]},
+        headers=e2e_server.headers(),
+    )
+    assert vote.status_code == 200
+    olivia.goto("/ui/review/?reason=wrong")
+    olivia.keyboard.press("j")
+    assert olivia.evaluate("document.activeElement.closest('tr').classList.contains('selected')")
+    olivia.goto(f"/ui/review/{answer_id}?reason=wrong")
+    olivia.keyboard.press("c")
+    assert olivia.evaluate("document.activeElement.id") == "correction"
+    olivia.keyboard.press("Escape")
+    olivia.keyboard.press("a")
+    olivia.wait_for_url(re.compile(r"done="))
+    olivia.goto(f"/ui/review/{answer_id}")
+    expect(olivia.get_by_role("region", name="Audit trail")).to_contain_text("approve")
+
+
 def test_chat_works_by_keyboard_alone(alice: Page) -> None:
     alice.goto("/ui/chat/")
     order = []
