@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml scripts/install.sh
 	touch $(STAMP)
 
 setup: $(STAMP)
+	bash scripts/install-browser.sh
 	$(RATCHET) model prepare
 	$(RATCHET) db upgrade
 	@# Fits the jailbreak classifier into the data dir once, so the first `make run` starts without that wait.

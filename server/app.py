@@ -46,6 +46,8 @@ from server.slack.controllers import SlackController
 from server.slack.lifespan import slack_lifespan
 from server.system.controllers import SystemController
 from server.tuning_runs.controllers import TuningRunController
+from server.ui.controllers import ui_routes
+from server.ui.templating import template_config
 
 log = logging.getLogger("ratchet")
 
@@ -132,7 +134,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ExportController,
             TuningRunController,
             ModelController,
+            *ui_routes(settings),
         ],
+        template_config=template_config(),
         plugins=[SQLAlchemyPlugin(config=db_config), StrictStructSchemaPlugin()],
         middleware=[
             DefineMiddleware(TokenAuthenticationMiddleware, exclude=PUBLIC_PATHS),

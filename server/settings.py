@@ -151,6 +151,14 @@ class Settings(BaseSettings):
         "prefill; a question they refuse or rewrite has that generation aborted and thrown away. False: check, "
         "then generate.",
     )
+    ui_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key that encrypts web UI session cookies and signs CSRF tokens; empty means one is generated "
+        "once into <data dir>/ui-secret (mode 600). Set the same value on every replica.",
+    )
+    ui_session_max_age_s: int = Field(
+        12 * 3600, description="How long a web UI sign-in lasts before the user signs in again."
+    )
     export_max_pairs_per_prompt: int = Field(
         8, description="Most preference pairs a training export builds from the answers to one identical prompt."
     )

@@ -9,7 +9,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from server.auth.services import UserService
+from server.auth.services import Principal, UserService
 from server.settings import Settings
 
 
@@ -31,19 +31,29 @@ def from_trusted_proxy(connection: ASGIConnection, settings: Settings) -> bool:
     return True
 
 
+async def trusted_principal(connection: ASGIConnection) -> Principal | None:
+    """The user an SSO proxy vouches for, when that mode is on and the header is present (API and web UI alike).
+    The header is believed only from the proxy: anyone else sending it gets a 401."""
+    settings: Settings = connection.app.state.settings
+    if not settings.trusted_user_header:
+        return None
+    name = connection.headers.get(settings.trusted_user_header)
+    if not name:
+        return None
+    if not from_trusted_proxy(connection, settings):
+        raise NotAuthorizedException(
+            f"`{settings.trusted_user_header}` is only taken from the SSO proxy, and this request does not come "
+            "from it."
+        )
+    users: UserService = connection.app.state.users
+    return await users.principal_for_trusted_name(name)
+
+
 class TokenAuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         users: UserService = connection.app.state.users
-        settings: Settings = connection.app.state.settings
-        if settings.trusted_user_header:
-            name = connection.headers.get(settings.trusted_user_header)
-            if name:
-                if not from_trusted_proxy(connection, settings):
-                    raise NotAuthorizedException(
-                        f"`{settings.trusted_user_header}` is only taken from the SSO proxy, and this request "
-                        "does not come from it."
-                    )
-                return AuthenticationResult(user=await users.principal_for_trusted_name(name), auth=None)
+        if (principal := await trusted_principal(connection)) is not None:
+            return AuthenticationResult(user=principal, auth=None)
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise NotAuthorizedException("Missing bearer token: send `Authorization: Bearer <token>`.")

@@ -6,14 +6,18 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.db.models import ApiToken, Role, User
 
 TOKEN_PREFIX = "rt_"
+# A web UI sign-in is a token of its own whose secret half is never shown: the session cookie carries its hash,
+# and signing out revokes it, so a copied cookie stops working too.
+WEB_SESSION_LABEL = "web session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,10 @@ class UserService:
         return token
 
     async def authenticate_token(self, token: str) -> Principal | None:
-        digest = hash_token(token)
+        return await self.principal_for_token_hash(hash_token(token))
+
+    async def principal_for_token_hash(self, digest: str) -> Principal | None:
+        """The owner of an unrevoked token given by its hash (what a web session keeps), or None."""
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached and cached[0] > now:
@@ -72,6 +79,24 @@ class UserService:
             principal = Principal(row.user.id, row.user.name, Role(row.user.role))
         self._cache[digest] = (now + self._ttl, principal)
         return principal
+
+    async def start_web_session(self, principal: Principal) -> str:
+        """Issue the token a web UI sign-in runs on; returns its hash, which is all the session cookie holds."""
+        async with self._sessions.begin() as session:
+            user = await session.get(User, principal.user_id)
+            if user is None:
+                raise LookupError(f"No user {principal.user_id}.")
+            return hash_token(await self._issue_token(session, user, WEB_SESSION_LABEL))
+
+    async def end_web_session(self, digest: str) -> None:
+        """Sign out: the session's token is revoked, so every copy of the cookie stops working."""
+        self._cache.pop(digest, None)
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(ApiToken)
+                .where(ApiToken.token_hash == digest, ApiToken.label == WEB_SESSION_LABEL)
+                .values(revoked_at=datetime.now(UTC))
+            )
 
     async def principal_for_trusted_name(self, name: str) -> Principal:
         """Trusted-header mode: the SSO proxy vouches for the name; first sight creates a plain user."""

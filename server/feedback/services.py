@@ -188,6 +188,30 @@ class FeedbackService:
         value = VoteValue(row.value) if row.value else None
         return Vote(message_id, value, [VoteReason(r) for r in row.reasons], row.comment, row.revision, row.updated_at)
 
+    async def votes_on(self, principal: Principal, message_ids: list[UUID]) -> dict[UUID, Vote]:
+        """The caller's current votes on several answers at once (answers without one are left out)."""
+        if not message_ids:
+            return {}
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(MessageVote).where(
+                    MessageVote.message_id.in_(message_ids),
+                    MessageVote.user_id == principal.user_id,
+                    MessageVote.value.is_not(None),
+                )
+            )
+            return {
+                row.message_id: Vote(
+                    row.message_id,
+                    VoteValue(row.value),
+                    [VoteReason(r) for r in row.reasons],
+                    row.comment,
+                    row.revision,
+                    row.updated_at,
+                )
+                for row in rows
+            }
+
 
 async def _record(
     session: AsyncSession,

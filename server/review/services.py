@@ -5,7 +5,7 @@ training state is upserted in the same transaction."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -87,6 +87,27 @@ class ReviewService:
         return union_all(*chosen).subquery()
 
     async def queue(self, filters: QueueFilters, limit: int, offset: int) -> ReviewPage:
+        query = self._query(filters)
+        total = await self._count(query)
+        page = (
+            await self._session.scalars(
+                query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit).offset(offset)
+            )
+        ).all()
+        return ReviewPage(await self._items(list(page)), total, limit, offset)
+
+    async def reason_counts(self, filters: QueueFilters) -> dict[VoteReason, int]:
+        """How many queue items (under the other filters) carry each thumbs-down reason; an item with two reasons
+        counts under both."""
+        return {
+            reason: await self._count(self._query(replace(filters, reason=reason, source=None)))
+            for reason in VoteReason
+        }
+
+    async def _count(self, query: Any) -> int:
+        return await self._session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+    def _query(self, filters: QueueFilters) -> Any:
         sources = self._sources(filters)
         query = (
             select(Message)
@@ -105,13 +126,7 @@ class ReviewService:
             query = query.where(Message.created_at >= filters.since)
         if filters.until:
             query = query.where(Message.created_at < filters.until)
-        total = await self._session.scalar(select(func.count()).select_from(query.subquery())) or 0
-        page = (
-            await self._session.scalars(
-                query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit).offset(offset)
-            )
-        ).all()
-        return ReviewPage(await self._items(list(page)), total, limit, offset)
+        return query
 
     async def item(self, message_id: UUID) -> ReviewItem:
         message = await self._session.get(Message, message_id)
