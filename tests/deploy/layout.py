@@ -6,7 +6,6 @@ import re
 import shlex
 import shutil
 import sys
-from configparser import RawConfigParser
 from pathlib import Path
 
 import yaml
@@ -46,13 +45,6 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             values[key] = value
     return values
-
-
-def read_unit(name: str) -> RawConfigParser:
-    parser = RawConfigParser(strict=False, delimiters=("=",), comment_prefixes=("#",), interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(SYSTEMD / name)
-    return parser
 
 
 def unit_values(name: str, section: str, key: str) -> list[str]:
