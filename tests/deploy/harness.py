@@ -112,8 +112,9 @@ def start_vllm_replica(index: int, model_dir: Path, work: Path, core: int) -> Pr
     return Process(f"vllm-{index}", f"http://127.0.0.1:{port}", _spawn(f"vllm-{index}", argv, env, log), log, env)
 
 
-def start_router(workers: list[Process], work: Path, name: str = "router") -> Process:
-    """ratchet-vllm-router.service over `workers`."""
+def start_router(workers: list[Process], work: Path, name: str = "router", policy: str | None = None) -> Process:
+    """ratchet-vllm-router.service over `workers`; `policy` replaces the unit's (vllm-router refuses to start
+    power_of_two over a single worker, where any policy routes the same)."""
     port = free_port()
     unit = "ratchet-vllm-router.service"
     env = unit_environment(
@@ -126,6 +127,8 @@ def start_router(workers: list[Process], work: Path, name: str = "router") -> Pr
         },
     )
     argv = expand_exec(unit_values(unit, "Service", "ExecStart")[0], env)
+    if policy is not None:
+        argv = [f"--policy={policy}" if arg.startswith("--policy=") else arg for arg in argv]
     log = work / f"{name}.log"
     return Process(name, f"http://127.0.0.1:{port}", _spawn(name, argv, env, log), log, env)
 
