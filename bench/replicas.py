@@ -76,7 +76,8 @@ async def _measure(
         print(f"in_flight_on_killed_replica {report.in_flight_on_victim}")
         print(f"failed_requests_started_after_kill {len(late_failures)}")
 
-        replicas[1] = start_vllm_replica(1, Path(replicas[1].env["ENGINE_MODEL"]), work, core=1)
+        killed = replicas[1]
+        replicas[1] = start_vllm_replica(1, Path(killed.env["ENGINE_MODEL"]), work, 1, int(killed.env["ENGINE_PORT"]))
         wait_until_ready(replicas[1], "/health", 900)
         # The router re-admits a worker after --health-success-threshold checks (2 x 5 s).
         await asyncio.sleep(15)

@@ -88,9 +88,9 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path
         )
 
 
-def start_vllm_replica(index: int, model_dir: Path, work: Path, core: int) -> Process:
-    """ratchet-vllm@<index>.service, on CPU core `core`."""
-    port = free_port()
+def start_vllm_replica(index: int, model_dir: Path, work: Path, core: int, port: int | None = None) -> Process:
+    """ratchet-vllm@<index>.service, on CPU core `core` (and on `port`: a restarted replica keeps its address)."""
+    port = port or free_port()
     unit = "ratchet-vllm@.service"
     env = unit_environment(
         unit,
