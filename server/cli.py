@@ -94,6 +94,24 @@ def db_upgrade(revision: str) -> None:
     console.print(f"database at revision {revision}")
 
 
+@db.command("downgrade")
+@click.option("--to", "revision", default="-1", show_default=True, help="Target revision; -1 is one step back.")
+def db_downgrade(revision: str) -> None:
+    """Roll migrations back. Run it with the release that added them, then start the older release."""
+    from server.db.migrate import downgrade
+
+    downgrade(get_settings().resolved_database_url, revision)
+    console.print(f"database downgraded to {revision}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the revision the database is at (empty when never migrated)."""
+    from server.db.migrate import current
+
+    click.echo(current(get_settings().resolved_database_url))
+
+
 @main.group()
 def users() -> None:
     """Users and API tokens."""
