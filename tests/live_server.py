@@ -151,3 +151,25 @@ async def stored_message(server: LiveServer, message_id: str) -> Message:
     finally:
         await engine.dispose()
     return Message(**row._mapping)
+
+
+def make_lora_adapters(base: Path, out: Path, names: list[str], seed: int = 0) -> dict[str, Path]:
+    """LoRA adapters (r=8 on q_proj/v_proj) for the checkpoint at `base`, saved as PEFT saves a trained one, each
+    with its own small random B so that it changes the model a little. Seconds on a CPU."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    paths = {}
+    for name in names:
+        with torch.no_grad():
+            for parameter_name, parameter in peft_model.named_parameters():
+                if "lora_B" in parameter_name:
+                    parameter.normal_(0, 0.005)
+        peft_model.save_pretrained(out / name)
+        paths[name] = out / name
+    return paths

@@ -89,7 +89,7 @@ class ModelRouter:
                     )
                 )
                 await session.flush()
-                record(session, settings.base_model_name, None, ModelStatus.ACTIVE, "nightly", "the base checkpoint")
+                record(session, settings.base_model_name, None, ModelStatus.ACTIVE, "system", "the base checkpoint")
             alias = await session.scalar(select(ModelAlias).where(ModelAlias.alias == settings.default_model_alias))
             if alias is None:
                 session.add(ModelAlias(alias=settings.default_model_alias, version_name=settings.base_model_name))

@@ -33,7 +33,8 @@ ALLOWED: dict[ModelStatus, frozenset[ModelStatus]] = {
 PINNABLE = frozenset({S.GATED, S.CANARY, S.ACTIVE, S.RETIRED})
 # Bad news ops should see in the log, not only in the counters.
 ALARMING = frozenset({S.ROLLED_BACK, S.FAILED, S.REJECTED})
-_ACTOR = re.compile(r"^(nightly|canary|admin:[^\s:][^\n]{0,190})$")
+# `system` is the app itself (registering the base checkpoint at first start).
+_ACTOR = re.compile(r"^(nightly|canary|system|admin:[^\s:][^\n]{0,190})$")
 
 
 class TransitionRefusedError(ConflictError):
@@ -54,7 +55,7 @@ class AliasNotFoundError(NotFoundError):
 
 def check_actor(actor: str) -> str:
     if not _ACTOR.match(actor):
-        raise InvalidActionError(f"actor must be `nightly`, `canary` or `admin:<name>`, got {actor!r}")
+        raise InvalidActionError(f"actor must be `nightly`, `canary`, `system` or `admin:<name>`, got {actor!r}")
     return actor
 
 

@@ -80,7 +80,8 @@ class ModelAlias(UUIDv7AuditBase):
 
 
 class ModelTransition(UUIDv7AuditBase):
-    """One status change of a version (append-only). `actor` is `nightly`, `canary` or `admin:<name>`."""
+    """One status change of a version (append-only). `actor` is `nightly`, `canary`, `admin:<name>` or `system`
+    (the app registering the base checkpoint)."""
 
     __tablename__ = "model_transitions"
 

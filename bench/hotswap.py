@@ -1,0 +1,258 @@
+"""Hot-swap benchmark: what users feel while a new adapter version goes live, and what serving it costs.
+
+Starts a real `ratchet serve` (guardrails off: this measures serving; its own vLLM, LoRA enabled), registers and
+gates a LoRA adapter made with PEFT on the served base, then keeps a steady closed-loop load of chat requests through
+the API (`--concurrency` workers, users in turn) and measures latency and failed requests in three windows of
+`--window` seconds each, in one run:
+
+  * before:          everyone on the base model;
+  * during load:     starting with the admin's promotion to canary, which loads the adapter into vLLM
+                     (/v1/load_lora_adapter) and sends the canary share of users to it;
+  * during promotion: starting with the promotion of the canary to active (everyone on the adapter; the base is
+                     retired).
+
+Then, with no other load, the decode throughput of the active adapter on that vLLM, and of the same base model on a
+vLLM started without --enable-lora (the speed the issue asks the active version to keep), same workload, one after
+the other. Prints one line per figure, e.g. `ratio p95_during_vs_before 1.12`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.auth.services import UserService
+from server.db.engine import open_sessions
+from server.db.models import Role
+from server.engine.launcher import vllm_command, vllm_environment
+from server.models.registry import ModelRegistry
+from server.settings import Settings, get_settings
+from server.testing import LiveServer, free_port, make_lora_adapters, start_server, stop_server, wait_ready
+
+ADAPTER = "bench-lora-1"
+QUESTIONS = [
+    "How do I reset my password?",
+    "Where do I file an expense report?",
+    "What is the guest Wi-Fi?",
+    "How many vacation days do I get?",
+]
+
+
+@dataclass
+class Sample:
+    started: float
+    latency_s: float
+    ok: bool
+
+
+@dataclass
+class Load:
+    """A closed-loop load: each worker sends the next request as soon as its last one ended."""
+
+    samples: list[Sample] = field(default_factory=list)
+    running: bool = True
+
+    async def worker(self, client: httpx.AsyncClient, tokens: itertools.cycle, max_tokens: int) -> None:
+        for index in itertools.count():
+            if not self.running:
+                return
+            body = {
+                "messages": [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
+            started = time.monotonic()
+            try:
+                response = await client.post(
+                    "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {next(tokens)}"}
+                )
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            self.samples.append(Sample(started, time.monotonic() - started, ok))
+
+    def window(self, start: float, end: float) -> list[Sample]:
+        return [sample for sample in self.samples if start <= sample.started < end]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def prepare(server: LiveServer, settings: Settings, users: int, scratch: Path) -> list[str]:
+    """Users with tokens, and the adapter registered and through the gates (as the nightly job and gates leave it)."""
+    adapter = make_lora_adapters(settings.base_model_dir, scratch, [ADAPTER])[ADAPTER]
+    async with open_sessions(settings) as sessions:
+        service = UserService(sessions)
+        tokens = [(await service.create_user(f"bench-user-{index}", Role.USER))[1] for index in range(users)]
+        registry = ModelRegistry(sessions, settings)
+        await registry.register_candidate(
+            ADAPTER,
+            "lora",
+            adapter,
+            parent=settings.base_model_name,
+            run_id="bench",
+            data_hash="",
+            method="kto",
+            method_settings={},
+            metrics={},
+        )
+        await registry.record_gate_results(ADAPTER, [{"name": "bench", "passed": True}], passed=True)
+    return tokens
+
+
+async def promote(client: httpx.AsyncClient, admin: str, reason: str) -> float:
+    started = time.monotonic()
+    response = await client.post(
+        f"/api/models/{ADAPTER}/promote", json={"reason": reason}, headers={"authorization": f"Bearer {admin}"}
+    )
+    response.raise_for_status()
+    return time.monotonic() - started
+
+
+async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.Namespace) -> None:
+    load = Load()
+    limits = httpx.Limits(max_connections=args.concurrency + 8)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=600, limits=limits) as client:
+        cycle = itertools.cycle(tokens)
+        workers = [asyncio.create_task(load.worker(client, cycle, args.max_tokens)) for _ in range(args.concurrency)]
+        await asyncio.sleep(args.warmup)
+        before = time.monotonic()
+        await asyncio.sleep(args.window)
+        during_load = time.monotonic()
+        load_s = await promote(client, server.admin_token, "bench: canary")
+        await asyncio.sleep(max(0.0, during_load + args.window - time.monotonic()))
+        during_promotion = time.monotonic()
+        promotion_s = await promote(client, server.admin_token, "bench: active")
+        await asyncio.sleep(max(0.0, during_promotion + args.window - time.monotonic()))
+        end = time.monotonic()
+        load.running = False
+        await asyncio.gather(*workers)
+
+    windows = {
+        "before": load.window(before, during_load),
+        "during_load": load.window(during_load, during_promotion),
+        "during_promotion": load.window(during_promotion, end),
+    }
+    p95 = {}
+    for name, samples in windows.items():
+        latencies = [sample.latency_s for sample in samples if sample.ok]
+        p95[name] = percentile(latencies, 0.95)
+        print(f"requests_{name} {len(samples)}")
+        print(f"latency_s_p50_{name} {statistics.median(latencies):.3f}")
+        print(f"latency_s_p95_{name} {p95[name]:.3f}")
+    print(f"adapter_load_and_canary_start_s {load_s:.2f}")
+    print(f"promotion_to_active_s {promotion_s:.2f}")
+    print(f"ratio p95_during_load_vs_before {p95['during_load'] / p95['before']:.3f}")
+    print(f"ratio p95_during_promotion_vs_before {p95['during_promotion'] / p95['before']:.3f}")
+    print(f"ratio p95_during_vs_before {max(p95['during_load'], p95['during_promotion']) / p95['before']:.3f}")
+    failed = sum(not sample.ok for samples in windows.values() for sample in samples)
+    failed += sum(not sample.ok for sample in load.window(0, before))
+    print(f"failed_requests {failed}")
+
+
+async def decode_throughput(url: str, model: str, args: argparse.Namespace) -> float:
+    """Completion tokens per second for `--throughput-requests` fixed-length chats, `--concurrency-throughput` at a
+    time, straight to vLLM (after one warm-up round)."""
+    body = {"model": model, "max_tokens": args.throughput_tokens, "temperature": 0, "ignore_eos": True}
+    limit = asyncio.Semaphore(args.concurrency_throughput)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+
+        async def one(index: int) -> int:
+            async with limit:
+                messages = [{"role": "user", "content": f"Write about {QUESTIONS[index % len(QUESTIONS)]}"}]
+                response = await client.post("/v1/chat/completions", json={**body, "messages": messages})
+                response.raise_for_status()
+                return response.json()["usage"]["completion_tokens"]
+
+        await asyncio.gather(*(one(index) for index in range(args.concurrency_throughput)))
+        started = time.monotonic()
+        tokens = await asyncio.gather(*(one(index) for index in range(args.throughput_requests)))
+        return sum(tokens) / (time.monotonic() - started)
+
+
+def plain_vllm(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The same vLLM command the app runs, without LoRA support."""
+    port = free_port()
+    command = vllm_command(settings)
+    for flag in ("--max-loras", "--max-lora-rank"):
+        index = command.index(flag)
+        del command[index : index + 2]
+    command.remove("--enable-lora")
+    command[command.index("--port") + 1] = str(port)
+    process = subprocess.Popen(
+        command, env=vllm_environment(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"vLLM without LoRA exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"vLLM without LoRA not ready; see {log}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--window", type=float, default=60, help="Seconds of each measured window.")
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=4, help="Concurrent chat requests of the steady load.")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--concurrency-throughput", type=int, default=16)
+    parser.add_argument("--throughput-requests", type=int, default=32)
+    parser.add_argument("--throughput-tokens", type=int, default=64)
+    args = parser.parse_args()
+    base = get_settings().base_model_dir.resolve()
+    with tempfile.TemporaryDirectory(prefix="ratchet-hotswap-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        database_url = f"sqlite+aiosqlite:///{scratch / 'ratchet.db'}"
+        env = {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_RAILS_ENABLED": "false"}
+        server = start_server(scratch, database_url, base, {**env, "RATCHET_LOG_LEVEL": "warning"})
+        settings = Settings(data_dir=scratch, database_url=database_url, base_model=base)
+        try:
+            print("starting ratchet serve and its vLLM…", file=sys.stderr)
+            wait_ready(server, 900)
+            tokens = asyncio.run(prepare(server, settings, args.users, scratch))
+            asyncio.run(swap_under_load(server, tokens, args))
+            active = asyncio.run(decode_throughput(server.vllm_url, ADAPTER, args))
+            base_on_lora_engine = asyncio.run(decode_throughput(server.vllm_url, settings.base_model_name, args))
+        finally:
+            stop_server(server)
+        print("starting vLLM without LoRA…", file=sys.stderr)
+        process, url = plain_vllm(settings, scratch / "vllm-plain.log")
+        try:
+            no_lora = asyncio.run(decode_throughput(url, settings.base_model_name, args))
+        finally:
+            # vLLM's engine runs in child processes of its own session: stop them all.
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
+    print(f"throughput_tok_s_active_lora {active:.1f}")
+    print(f"throughput_tok_s_base_on_lora_engine {base_on_lora_engine:.1f}")
+    print(f"throughput_tok_s_no_lora_base {no_lora:.1f}")
+    print(f"ratio throughput_base_on_lora_engine_vs_no_lora_base {base_on_lora_engine / no_lora:.3f}")
+    print(f"ratio throughput_active_vs_no_lora_base {active / no_lora:.3f}")
+
+
+if __name__ == "__main__":
+    main()
