@@ -41,7 +41,7 @@ from server.db.models import Role
 from server.engine.launcher import vllm_command, vllm_environment
 from server.models.registry import ModelRegistry
 from server.settings import Settings, get_settings
-from server.testing import LiveServer, free_port, make_lora_adapters, start_server, stop_server, wait_ready
+from tests.live_server import LiveServer, free_port, make_lora_adapters, start_server, stop_server, wait_ready
 
 ADAPTER = "bench-lora-1"
 QUESTIONS = [

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.degenerate import degenerate_reason
 from server.settings import get_settings
-from server.testing import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
+from tests.live_server import LiveServer, free_port, start_server, stop_server, stored_message, wait_ready
 
 QUESTIONS = Path(__file__).with_name("quality_questions.json")
 RESULTS = Path(__file__).with_name("results")

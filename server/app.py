@@ -28,9 +28,8 @@ from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
 from server.limits import STORE_NAME, rate_limit_middleware, rate_limit_store
-from server.openapi import StrictStructSchemaPlugin
-from server.models.generation_defaults import served_defaults
 from server.models.controllers import ModelController
+from server.models.generation_defaults import served_defaults
 from server.models.lifecycle import ModelLifecycle
 from server.models.live_canary import LiveCanary
 from server.models.loading import AdapterLoader
@@ -38,6 +37,7 @@ from server.models.reconciler import EngineReconciler
 from server.models.registry import ModelRegistry
 from server.models.services import ModelRouter
 from server.models.upkeep import ServingUpkeep
+from server.openapi import StrictStructSchemaPlugin
 from server.rails.controllers import RailsController
 from server.rails.registry import RailsRegistry, install_sighup_reload
 from server.review.controllers import ReviewController

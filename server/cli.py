@@ -18,8 +18,8 @@ from server.db.models import Role
 from server.exports.cli import data
 from server.feedback.cli import delete_user
 from server.models.base_checkpoint import prepare_base_model
-from server.models.generation_defaults import prepared_defaults, served_defaults
 from server.models.cli import models
+from server.models.generation_defaults import prepared_defaults, served_defaults
 from server.rails.cli import rails as rails_group
 from server.settings import Settings, get_settings, masked_url
 from server.slack.cli import slack as slack_group

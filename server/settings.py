@@ -184,6 +184,7 @@ class Settings(BaseSettings):
     public_url: str = Field(
         "", description="The app's public base URL, for links to the review page (e.g. in Slack notices)."
     )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: str) -> str:

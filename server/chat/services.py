@@ -42,8 +42,8 @@ from server.chat.schemas import ChatCompletionRequest
 from server.chat.speculation import Speculation
 from server.chat.turns import Generation, Provenance, Turn, TurnStore
 from server.engine.client import EngineClient, EngineUnavailableError
-from server.models.services import ModelRouter, Route
 from server.models.generation_defaults import served_defaults
+from server.models.services import ModelRouter, Route
 from server.privacy.redaction import redact
 from server.rails.base import Rails
 from server.rails.registry import RailsRegistry

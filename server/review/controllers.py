@@ -8,7 +8,6 @@ from uuid import UUID
 
 from litestar import Controller, Request, get, post
 from litestar.di import Provide
-from litestar.exceptions import ClientException
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 

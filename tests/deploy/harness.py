@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 
-from server.testing import free_port
 from tests.deploy.layout import (
     ENV_DIR,
     REPO,
@@ -26,6 +25,7 @@ from tests.deploy.layout import (
     read_env_file,
     unit_values,
 )
+from tests.live_server import free_port
 
 # What a 2-core CPU box changes in the vLLM replica's settings: eager mode (compilation costs minutes), bf16 (the
 # fastest dtype measured here), one core and a 1 GiB KV cache per replica so that two fit side by side.

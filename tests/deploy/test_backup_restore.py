@@ -15,8 +15,8 @@ from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.db.migrate import upgrade
-from server.testing import ratchet
 from tests.conftest import scratch_postgres_database
+from tests.live_server import ratchet
 
 REPO = Path(__file__).resolve().parents[2]
 BACKUP = [sys.executable, str(REPO / "scripts" / "backup.py")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server import testing
+from tests import live_server
 from tests.deploy.layout import DEPLOY, REPO, compose, dockerfile_command, expand_exec, tool, unit_values
 
 SERVE = ["ratchet", "serve"]
@@ -28,7 +28,7 @@ def test_app_image_runs_ratchet_serve_like_the_tests_and_the_systemd_unit() -> N
     # `ratchet` is server.cli:main, which the test harness runs as `python -m server.cli serve`.
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["ratchet"] == "server.cli:main"
-    assert '"-m", "server.cli", "serve"' in inspect.getsource(testing.start_server)
+    assert '"-m", "server.cli", "serve"' in inspect.getsource(live_server.start_server)
 
 
 def test_compose_and_kubernetes_keep_the_image_command() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from server.testing import LiveServer, free_port, start_server, stop_server, wait_ready
 from tests.conftest import PREPARED_MODEL
+from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
 
 CHROMIUM = Path(os.environ.get("RATCHET_E2E_CHROMIUM", "/usr/bin/chromium"))
 READY_TIMEOUT_S = 900

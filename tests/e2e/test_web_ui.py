@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from server.chat.turns import Provenance, record_turn
 from server.db.models import MessageStatus, User
-from server.testing import LiveServer, stored_message
 from tests.e2e.conftest import PHONE, SCREENSHOTS
+from tests.live_server import LiveServer, stored_message
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from bench.degenerate import degenerate_reason
 from server.models.generation_defaults import served_defaults
 from server.settings import Settings, get_settings
 from tests.conftest import PREPARED_MODEL
-from tests.integration.conftest import LiveServer, stored_message
+from tests.live_server import LiveServer, stored_message
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from server.models.generation_defaults import served_defaults
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
-from tests.integration.conftest import LiveServer, stored_message
+from tests.live_server import LiveServer, stored_message
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import zipfile
 import httpx
 import pytest
 
-from tests.integration.conftest import LiveServer, stored_message
+from tests.live_server import LiveServer, stored_message
 
 pytestmark = pytest.mark.integration
 

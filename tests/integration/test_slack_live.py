@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import PREPARED_MODEL, LiveServer, stored_message
-from tests.live_server import start_server, stop_server, wait_ready
+from tests.conftest import PREPARED_MODEL
+from tests.live_server import LiveServer, start_server, stop_server, stored_message, wait_ready
 from tests.slack_fake import (
     FakeSlack,
     button_payload,

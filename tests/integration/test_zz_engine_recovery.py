@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import LiveServer, stored_message
+from tests.live_server import LiveServer, stored_message
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,8 @@ from server.db.models import Role
 from server.models.registry import ModelRegistry
 from server.models.services import canary_bucket
 from server.settings import Settings
-from server.testing import make_lora_adapters, ratchet
 from tests.conftest import PREPARED_MODEL
-from tests.integration.conftest import LiveServer
+from tests.live_server import LiveServer, make_lora_adapters, ratchet
 
 pytestmark = pytest.mark.integration
 

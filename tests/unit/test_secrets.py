@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from server.settings import Settings, masked_url
-from tests.live_server import free_port
 from tests.conftest import PREPARED_MODEL, UNREACHABLE_VLLM, scratch_postgres_database
+from tests.live_server import free_port
 
 DB_PASSWORD = "db-pw-7Hq2x"
 REDIS_PASSWORD = "redis-pw-Kx81"
