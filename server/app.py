@@ -24,6 +24,7 @@ from server.chat.turns import TurnStore
 from server.db.engine import build_db_config
 from server.engine.client import EngineClient
 from server.engine.launcher import EngineState, VllmLauncher
+from server.engine.replicas import Replicas
 from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
 from server.feedback.controllers import FeedbackController, UserDataController
@@ -71,7 +72,9 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
             return None
         return launcher.reason
 
-    loader = AdapterLoader([engine])
+    replicas = Replicas(settings, engine)
+    loader = AdapterLoader([engine], replicas)
+    await loader.refresh_engines()
     state.registry = ModelRegistry(sessions, settings)
     state.lifecycle = ModelLifecycle(sessions, settings, loader)
     state.reconciler = EngineReconciler(sessions, settings, loader, router)
@@ -113,6 +116,7 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
         await state.rails.aclose()
         if launcher is not None:
             await launcher.stop()
+        await replicas.close()
         await engine.close()
 
 

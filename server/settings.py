@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     )
 
     vllm_url: str = Field("", description="External vLLM server URL; empty means Ratchet starts its own.")
+    vllm_replica_urls: str = Field(
+        "",
+        description="Comma-separated URLs of each vLLM replica behind RATCHET_VLLM_URL (a router): model versions "
+        "are loaded into every one. Empty: the one engine at RATCHET_VLLM_URL.",
+    )
+    vllm_replicas_dns: str = Field(
+        "",
+        description="host:port whose DNS records are the vLLM replicas (a Kubernetes headless Service), re-read "
+        "on every reconcile pass; used when RATCHET_VLLM_REPLICA_URLS is empty.",
+    )
     vllm_port: int = Field(8001, description="Port of the managed vLLM server (on 127.0.0.1).")
     vllm_dtype: str = Field(
         "bfloat16", description="Managed vLLM dtype; bfloat16 measured fastest here (bench/vllm_cpu_settings.py)."
@@ -200,6 +210,8 @@ class Settings(BaseSettings):
                 "RATCHET_TRUSTED_USER_HEADER needs RATCHET_TRUSTED_PROXY_SECRET or RATCHET_TRUSTED_PROXIES: "
                 "without either, anyone who can reach the app could claim to be any user, admins included."
             )
+        if self.vllm_replicas_dns and not re.fullmatch(r"[^\s:]+:\d{1,5}", self.vllm_replicas_dns):
+            raise ValueError("RATCHET_VLLM_REPLICAS_DNS must be host:port, e.g. vllm-replicas.ratchet.svc:8000.")
         if urlsplit(self.vllm_url).password is not None:
             raise ValueError("RATCHET_VLLM_URL must not carry a password: it would appear in error messages.")
         return self

@@ -12,6 +12,7 @@ import anyio
 
 from server.db.models import ModelKind, ModelVersion
 from server.engine.client import EngineClient
+from server.engine.replicas import Replicas
 from server.exceptions import ConflictError, UnavailableError
 from server.models.artefacts import verify_hashes
 from server.system import metrics
@@ -42,8 +43,14 @@ def servable_problem(version: ModelVersion) -> str | None:
 
 
 class AdapterLoader:
-    def __init__(self, engines: Sequence[EngineClient]) -> None:
+    def __init__(self, engines: Sequence[EngineClient], replicas: Replicas | None = None) -> None:
         self.engines = list(engines)
+        self._replicas = replicas
+
+    async def refresh_engines(self) -> None:
+        """Re-read the replica list (a replica set behind a router can grow, shrink or move)."""
+        if self._replicas is not None:
+            self.engines = await self._replicas.current()
 
     async def load(self, version: ModelVersion, engines: Sequence[EngineClient] | None = None) -> None:
         """Load a LoRA version into the given engines (all by default); the base needs nothing. Raises before

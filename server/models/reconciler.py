@@ -50,6 +50,7 @@ class EngineReconciler:
         self.missing: dict[str, str] | None = None
 
     async def reconcile(self) -> None:
+        await self._loader.refresh_engines()
         async with self._sessions() as session:
             live = {name: v for name, v in (await live_versions(session)).items() if v.kind == ModelKind.LORA}
             adapters = set(

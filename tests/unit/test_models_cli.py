@@ -29,7 +29,7 @@ def test_admins_list_show_and_act_from_the_command_line(
     configured = model_settings(settings)
     for name, value in {
         "RATCHET_DATA_DIR": str(configured.data_dir),
-        "RATCHET_DATABASE_URL": configured.database_url,
+        "RATCHET_DATABASE_URL": configured.database_url.get_secret_value(),
         "RATCHET_BASE_MODEL": str(configured.base_model),
         "RATCHET_BASE_MODEL_NAME": configured.base_model_name,
         "RATCHET_VLLM_URL": configured.vllm_url,
