@@ -49,7 +49,7 @@ from server.db.migrate import upgrade
 from server.models.generation_defaults import GenerationDefaults, served_defaults
 from server.settings import Settings, get_settings
 from tuning.config import TuneConfig
-from tuning.evaluation import Generator, Sampling
+from tuning.evaluation import Generator
 from tuning.nightly import Nightly, Run, limit_resources
 
 PRODUCT = "Northwind Ledger"
@@ -60,7 +60,7 @@ SYSTEM_PROMPT = (
 CONCISE_WORDS = 35
 # The seeded store's answers: varied on purpose, so that several answers to one question differ in what the
 # simulated users vote on, as months of real traffic would.
-SEED_SAMPLING = Sampling(temperature=0.8, top_p=0.95, max_tokens=64)
+SEED_SAMPLING = GenerationDefaults(temperature=0.8, top_p=0.95, max_tokens=64)
 PRODUCT_PATTERN = re.compile(r"\bnorthwind ledger\b", re.IGNORECASE)
 
 TRAIN_QUESTIONS = [

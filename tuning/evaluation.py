@@ -7,7 +7,6 @@ Nothing here talks to vLLM: the nightly job evaluates candidates before any of t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,36 +24,6 @@ class SamplingSettings(Protocol):
     temperature: float
     top_p: float
     repetition_penalty: float
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float
-    top_p: float
-    max_tokens: int = 512
-    repetition_penalty: float = 1.0
-
-
-# SmolLM2-135M-Instruct's model card advice, which the server applies when the checkpoint names no sampling
-# settings of its own: at vLLM's neutral 1.0/1.0 it writes word salad.
-SERVED_FALLBACK = Sampling(temperature=0.2, top_p=0.9)
-# generation_config.json's name for each field (Hugging Face's names).
-_CONFIG_NAMES = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "max_tokens": "max_new_tokens",
-    "repetition_penalty": "repetition_penalty",
-}
-
-
-def served_sampling(model_dir: Path) -> Sampling:
-    """The sampling users get when their client sends none: the checkpoint's ``generation_config.json`` where it
-    sets a field (``ratchet model prepare`` writes the served defaults there), else ``SERVED_FALLBACK``."""
-    path = model_dir / "generation_config.json"
-    config = json.loads(path.read_text()) if path.exists() else {}
-    found = {name: config[key] for name, key in _CONFIG_NAMES.items() if config.get(key) is not None}
-    fallback = {name: getattr(SERVED_FALLBACK, name) for name in _CONFIG_NAMES}
-    return Sampling(**{**fallback, **found})
 
 
 @dataclass(frozen=True)

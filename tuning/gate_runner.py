@@ -16,11 +16,12 @@ from typing import Any
 
 from rich.console import Console
 
+from server.models.generation_defaults import served_defaults
 from server.rails.base import Rails, Verdict
 from server.settings import Settings
 from tuning.config import TuneConfig
 from tuning.eval_sets import attack_prompts, false_claims, known_answers, open_prompts, subsample
-from tuning.evaluation import Chat, Completion, Generator, served_sampling
+from tuning.evaluation import Chat, Completion, Generator, SamplingSettings
 from tuning.gates import (
     GateResult,
     Scored,
@@ -78,10 +79,12 @@ class GateRunner:
         system_prompt: str,
         night_prompts: list[Chat],
         eval_dir: Path,
+        sampling: SamplingSettings,
         console: Console | None = None,
     ) -> None:
         self.generator = Generator(base)
-        self.sampling = served_sampling(base)
+        # Both versions answer as users would be answered: at the served generation defaults.
+        self.sampling = sampling
         self.score = score
         self.rails = rails
         self.config = config
@@ -212,6 +215,7 @@ def gate_candidates(
                         settings.system_prompt,
                         night_prompts,
                         settings.rails_config / "eval",
+                        served_defaults(settings),
                         console,
                     )
                 results = [result.to_dict() for result in runner.gate(Version(name, adapter), active)]
