@@ -22,7 +22,7 @@ DESKTOP = {"width": 1280, "height": 900}
 
 
 @pytest.fixture(scope="session")
-def e2e_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def e2e_server(tmp_path_factory: pytest.TempPathFactory, rails_data_dir: Path) -> Iterator[LiveServer]:
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"no browser at {CHROMIUM}: `make setup` installs Debian's chromium")
@@ -35,7 +35,8 @@ def e2e_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]
         f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
         PREPARED_MODEL,
         # Short answers keep the suite's time bounded on a CPU; the stop test stops long before this.
-        {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_DEFAULT_MAX_TOKENS": "160"},
+        {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_GENERATION_MAX_TOKENS": "160"},
+        classifier_from=rails_data_dir,
     )
     try:
         wait_ready(server, READY_TIMEOUT_S)

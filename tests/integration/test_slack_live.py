@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,7 +37,7 @@ def slack() -> Iterator[FakeSlack]:
 
 @pytest.fixture(scope="module")
 def slack_server(
-    live_server: LiveServer, slack: FakeSlack, tmp_path_factory: pytest.TempPathFactory
+    live_server: LiveServer, slack: FakeSlack, tmp_path_factory: pytest.TempPathFactory, rails_data_dir: Path
 ) -> Iterator[LiveServer]:
     """A second app with Slack configured, on the first one's vLLM."""
     data_dir = tmp_path_factory.mktemp("slack")
@@ -50,9 +51,10 @@ def slack_server(
             "RATCHET_SLACK_BOT_TOKEN": "xoxb-live-test",
             "RATCHET_SLACK_API_URL": slack.url,
         },
+        classifier_from=rails_data_dir,
     )
     try:
-        wait_ready(server, 120)
+        wait_ready(server, 300)
         yield server
     finally:
         stop_server(server)
