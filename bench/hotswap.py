@@ -228,7 +228,14 @@ def main() -> None:
         scratch = Path(scratch_dir)
         database_url = f"sqlite+aiosqlite:///{scratch / 'ratchet.db'}"
         env = {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_RAILS_ENABLED": "false"}
-        server = start_server(scratch, database_url, base, {**env, "RATCHET_LOG_LEVEL": "warning"})
+        # The jailbreak classifier `make setup` fitted in this checkout's data dir, not fitted again.
+        server = start_server(
+            scratch,
+            database_url,
+            base,
+            {**env, "RATCHET_LOG_LEVEL": "warning"},
+            classifier_from=get_settings().data_dir,
+        )
         settings = Settings(data_dir=scratch, database_url=database_url, base_model=base)
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)

@@ -255,6 +255,8 @@ def main() -> None:
             f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
             settings.base_model_dir.resolve(),
             {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_LOG_LEVEL": "warning"},
+            # The jailbreak classifier `make setup` fitted in this checkout's data dir, not fitted again.
+            classifier_from=settings.data_dir,
         )
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)

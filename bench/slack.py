@@ -109,6 +109,8 @@ def main() -> None:
                 "RATCHET_SLACK_BOT_TOKEN": "xoxb-bench",
                 "RATCHET_SLACK_API_URL": slack.url,
             },
+            # The jailbreak classifier `make setup` fitted in this checkout's data dir, not fitted again.
+            classifier_from=settings.data_dir,
         )
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)
