@@ -18,6 +18,7 @@ from server.db.engine import build_db_config
 from server.db.models import Role, metadata
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL, UNREACHABLE_VLLM
+from tests.unit.rails_fixtures import seed_classifier
 from tests.unit.served import served
 
 # Examples per operation in the fuzzing phase; the coverage phase adds its boundary and negative cases on top.
@@ -78,10 +79,14 @@ async def _delete_all_rows(settings: Settings) -> None:
 
 
 @pytest.fixture(scope="module")
-def served_app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def served_app(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, rails_data_dir: Path
+) -> Iterator[tuple[str, str]]:
     """The app served over HTTP once per backend for every operation: its base URL and an admin token. Every row
     it wrote is removed afterwards."""
     settings = _settings(database_url, tmp_path_factory.mktemp("fuzz"))
+    # The rails start with the session's fitted classifier instead of fitting it again for each backend.
+    seed_classifier(rails_data_dir, settings.data_dir)
     token = asyncio.run(_admin_token(settings))
     try:
         with served(create_app(settings)) as base_url:
