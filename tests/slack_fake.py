@@ -60,12 +60,10 @@ class FakeSlack:
         stops = [call for call in self.ok_calls("chat.stopStream") if call.params.get("ts") == ts]
         if not stops:
             return None
-        parts = [
-            c.params.get("markdown_text") or "" for c in self.ok_calls("chat.appendStream") if c.params.get("ts") == ts
-        ]
+        parts = [streamed_markdown(c.params) for c in self.ok_calls("chat.appendStream") if c.params.get("ts") == ts]
         starts = [c for c in self.ok_calls("chat.startStream") if c.response.get("ts") == ts]
-        opening = starts[0].params.get("markdown_text") or "" if starts else ""
-        return opening + "".join(parts) + (stops[0].params.get("markdown_text") or "")
+        opening = streamed_markdown(starts[0].params) if starts else ""
+        return opening + "".join(parts) + streamed_markdown(stops[0].params)
 
     def stop_blocks(self, ts: str) -> list[dict[str, Any]]:
         [stop] = [call for call in self.ok_calls("chat.stopStream") if call.params.get("ts") == ts]
@@ -178,3 +176,12 @@ def button_payload(value: str, user: str, trigger_id: str, channel: str = "C0GEN
         "container": {"type": "message", "channel_id": channel},
         "actions": [{"type": "feedback_buttons", "action_id": "ratchet_feedback", "value": value, "action_ts": "1.1"}],
     }
+
+
+def streamed_markdown(params: dict[str, Any]) -> str:
+    """The text one streaming call carries: `markdown_text`, or the markdown chunks newer slack_sdk sends."""
+    chunks = params.get("chunks") or []
+    if isinstance(chunks, str):
+        chunks = json.loads(chunks)
+    from_chunks = "".join(chunk.get("text", "") for chunk in chunks if chunk.get("type") == "markdown_text")
+    return (params.get("markdown_text") or "") + from_chunks
