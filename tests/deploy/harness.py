@@ -26,6 +26,7 @@ from tests.deploy.layout import (
     unit_values,
 )
 from tests.live_server import free_port
+from tests.unit.rails_fixtures import seed_classifier
 
 # What a 2-core CPU box changes in the vLLM replica's settings: eager mode (compilation costs minutes), bf16 (the
 # fastest dtype measured here), one core and a 1 GiB KV cache per replica so that two fit side by side.
@@ -133,9 +134,20 @@ def start_router(workers: list[Process], work: Path, name: str = "router", polic
     return Process(name, f"http://127.0.0.1:{port}", _spawn(name, argv, env, log), log, env)
 
 
-def start_app(vllm_url: str, database_url: str, model_dir: Path, data_dir: Path, name: str = "app") -> Process:
+def start_app(
+    vllm_url: str,
+    database_url: str,
+    model_dir: Path,
+    data_dir: Path,
+    name: str = "app",
+    classifier_from: Path | None = None,
+) -> Process:
     """ratchet.service: ExecStartPre (`ratchet db upgrade`), then ExecStart (`ratchet serve`). The site-specific
-    settings are overridden; everything else comes from deploy/env/ratchet.env as installed."""
+    settings are overridden; everything else comes from deploy/env/ratchet.env as installed. `classifier_from` is
+    a data dir whose fitted jailbreak classifier is copied in, as `ratchet rails check` ahead of a first start would
+    have fitted it (deploy/README.md)."""
+    if classifier_from is not None:
+        seed_classifier(classifier_from, data_dir)
     port = free_port()
     unit = "ratchet.service"
     env = unit_environment(

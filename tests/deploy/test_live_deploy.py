@@ -55,8 +55,10 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def app_on_replica(replicas: list[Process], postgres_url: str, tmp_path: Path) -> Iterator[Process]:
-    app = start_app(replicas[0].url, postgres_url, PREPARED_MODEL, tmp_path)
+def app_on_replica(
+    replicas: list[Process], postgres_url: str, tmp_path: Path, rails_data_dir: Path
+) -> Iterator[Process]:
+    app = start_app(replicas[0].url, postgres_url, PREPARED_MODEL, tmp_path, classifier_from=rails_data_dir)
     try:
         wait_until_ready(app, "/readyz", 300)
         yield app
@@ -84,13 +86,13 @@ def test_app_started_like_its_unit_and_image_is_ready_and_answers_a_chat(app_on_
 
 
 def test_router_spreads_chats_and_a_killed_replica_fails_only_the_chats_it_was_running(
-    replicas: list[Process], postgres_url: str, tmp_path: Path
+    replicas: list[Process], postgres_url: str, tmp_path: Path, rails_data_dir: Path
 ) -> None:
     router = start_router(replicas, tmp_path)
     app = None
     try:
         wait_until_ready(router, "/health", 120)
-        app = start_app(router.url, postgres_url, PREPARED_MODEL, tmp_path / "app")
+        app = start_app(router.url, postgres_url, PREPARED_MODEL, tmp_path / "app", classifier_from=rails_data_dir)
         wait_until_ready(app, "/readyz", 300)
         token = ratchet_cli(app, "users", "create", "bob")
         spread, report = asyncio.run(_spread_then_kill(app, token, replicas))
