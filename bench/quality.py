@@ -254,7 +254,14 @@ def main() -> None:
             data_dir,
             f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
             settings.base_model_dir.resolve(),
-            {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_LOG_LEVEL": "warning"},
+            {
+                "RATCHET_VLLM_PORT": str(free_port()),
+                "RATCHET_VLLM_URL": "",
+                "RATCHET_LOG_LEVEL": "warning",
+                # What is measured here is text, not time: on a busy box 96 rambling 512-token answers at once can
+                # outlast the default 300 s per request, which would end the run with a 503.
+                "RATCHET_VLLM_REQUEST_TIMEOUT_S": "3600",
+            },
             # The jailbreak classifier `make setup` fitted in this checkout's data dir, not fitted again.
             classifier_from=settings.data_dir,
         )
