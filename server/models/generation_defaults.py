@@ -49,8 +49,8 @@ class GenerationDefaults:
 
 
 # SmolLM2-135M-Instruct: its model card recommends a low temperature and top_p 0.9. At vLLM's neutral 1.0/1.0 it
-# writes word salad within a paragraph. The values below were chosen on bench/quality.py's tuning questions
-# (`--choose`), never on its held-out ones; docs/quality.md has the table.
+# writes word salad within a paragraph. These are the card's values; bench/quality.py measures them on held-out
+# questions, and its `--choose` compares them with a warmer setting and a repetition penalty on a separate set.
 RECOMMENDED = GenerationDefaults(temperature=0.2, top_p=0.9, max_tokens=512, repetition_penalty=1.0)
 
 
