@@ -5,7 +5,7 @@ STAMP := $(VENV)/.ratchet-installed
 export HF_HUB_OFFLINE := 1
 export NEMO_GUARDRAILS_NO_USAGE_STATS := 1
 
-.PHONY: run test bench setup lint
+.PHONY: run test test-heavy bench setup lint
 
 # Re-installs only when the dependency list or the installer changed.
 $(STAMP): pyproject.toml scripts/install.sh
@@ -25,6 +25,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -ra
+
+# Tests too slow for every run on a 2-core CPU box (pyproject.toml's `heavy` marker).
+test-heavy: setup
+	$(PY) -m pytest -ra -m heavy
 
 bench: setup
 	$(PY) bench/serving.py

@@ -145,7 +145,7 @@ def status(settings: Settings, name: str) -> str:
     return asyncio.run(read())
 
 
-@pytest.mark.trl  # tens of minutes on a busy 2-core box: `-m 'not trl'` leaves it out of quick runs
+@pytest.mark.heavy  # half an hour or more on a 2-core CPU: run by `make test-heavy`, not `make test`
 def test_each_deliberately_bad_candidate_is_rejected_by_the_gate_meant_for_it(tmp_path: Path) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'ratchet.db'}"
     upgrade(database_url)
