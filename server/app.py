@@ -37,6 +37,7 @@ from server.models.loading import AdapterLoader
 from server.models.reconciler import EngineReconciler
 from server.models.registry import ModelRegistry
 from server.models.services import ModelRouter
+from server.models.soft_prompts import SoftPrompts
 from server.models.upkeep import ServingUpkeep
 from server.openapi import StrictStructSchemaPlugin
 from server.rails.controllers import RailsController
@@ -92,7 +93,8 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     await state.rails.start()
     uninstall_sighup = install_sighup_reload(state.rails)
     turns = TurnStore(sessions)
-    state.chat = ChatService(turns, engine, router, settings, engine_down_reason, state.rails)
+    soft_prompts = SoftPrompts.for_settings(settings)
+    state.chat = ChatService(turns, engine, router, settings, engine_down_reason, state.rails, soft_prompts)
     state.regeneration = RegenerationService(
         sessions,
         turns,
@@ -101,6 +103,7 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
         engine_down_reason,
         state.rails,
         served_sampling=served_defaults(settings).sampling(),
+        soft_prompts=soft_prompts,
     )
     failed = await turns.fail_stale_pending(settings.vllm_request_timeout_s)
     if failed:

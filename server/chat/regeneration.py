@@ -15,10 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.auth.services import Principal
 from server.chat.answers import answer_events
 from server.chat.exceptions import ConversationNotFoundError, InvalidChatError
+from server.chat.generation import Generator
 from server.chat.turns import Provenance, Turn, TurnStore, record_answer
 from server.db.models import Message
 from server.engine.client import EngineClient, EngineUnavailableError
-from server.models.services import ModelRouter
+from server.models.services import ModelRouter, Route
+from server.models.soft_prompts import SoftPrompts
 from server.rails.registry import RailsRegistry
 
 
@@ -32,6 +34,7 @@ class RegenerationService:
         engine_down_reason: Callable[[], str | None],
         rails: RailsRegistry | None = None,
         served_sampling: Mapping[str, Any] | None = None,
+        soft_prompts: SoftPrompts | None = None,
     ) -> None:
         self._sessions = sessions
         self._turns = turns
@@ -40,6 +43,8 @@ class RegenerationService:
         self._engine_down_reason = engine_down_reason
         self._rails = rails
         self._served_sampling = dict(served_sampling or {})
+        # Without the soft prompts' embeddings, every version is asked for as a chat completion.
+        self._generator = Generator(engine, router, soft_prompts) if soft_prompts is not None else None
 
     async def regenerate(self, principal: Principal, message_id: UUID) -> Message:
         """A new answer to a stored answer's exact context (system prompt included), stored as its sibling:
@@ -94,7 +99,7 @@ class RegenerationService:
             owns_question=False,
             rails=self._rails.current if self._rails is not None else None,
         )
-        turn.generation = await self._turns.accept(turn, self._engine.chat(payload))
+        turn.generation = await self._turns.accept(turn, self._generate(route, payload))
         async for _ in answer_events(turn, self._turns):
             pass  # the answer is stored when its events end
         async with self._sessions() as session:
@@ -102,3 +107,10 @@ class RegenerationService:
         if sibling is None:  # the user deleted their data while it was generating
             raise ConversationNotFoundError(f"No answer {message_id} to regenerate.")
         return sibling
+
+    async def _generate(self, route: Route, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._generator is None:
+            return await self._engine.chat(payload)
+        body = await self._generator.generate(route, payload, stream=False)
+        assert isinstance(body, dict)  # not streamed
+        return body

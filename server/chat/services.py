@@ -38,12 +38,14 @@ from server.auth.services import Principal
 from server.chat.answers import answer_events
 from server.chat.events import ChatEvent
 from server.chat.exceptions import InvalidChatError
+from server.chat.generation import Generator
 from server.chat.schemas import ChatCompletionRequest
 from server.chat.speculation import Speculation
 from server.chat.turns import Generation, Provenance, Turn, TurnStore
 from server.engine.client import EngineClient, EngineUnavailableError
 from server.models.generation_defaults import served_defaults
 from server.models.services import ModelRouter, Route
+from server.models.soft_prompts import SoftPrompts
 from server.privacy.redaction import redact
 from server.rails.base import Rails
 from server.rails.registry import RailsRegistry
@@ -59,10 +61,12 @@ class ChatService:
         settings: Settings,
         engine_down_reason: Callable[[], str | None],
         rails: RailsRegistry | None = None,
+        soft_prompts: SoftPrompts | None = None,
     ) -> None:
         self._turns = turns
         self._engine = engine
         self._router = router
+        self._generator = Generator(engine, router, soft_prompts or SoftPrompts.for_settings(settings))
         self._settings = settings
         self._engine_down_reason = engine_down_reason
         self._rails = rails
@@ -78,7 +82,7 @@ class ChatService:
         sampling = request.sampling(served_defaults(self._settings).sampling())
         payload = _payload(route, messages, sampling, uuid7(), request.stream)
         rails = self._rails.current if self._rails is not None else None
-        speculation = self._speculate(payload, request.stream) if rails is not None else None
+        speculation = self._speculate(route, payload, request.stream) if rails is not None else None
         kept: Speculation[Generation] | None = None
         try:
             turn = await self._checked_turn(
@@ -93,7 +97,7 @@ class ChatService:
                 with anyio.CancelScope(shield=True):
                     await speculation.abandon()
         if turn.refusal is None:
-            generating = kept.result() if kept is not None else self._generate(turn.payload, request.stream)
+            generating = kept.result() if kept is not None else self._generate(route, turn.payload, request.stream)
             turn.generation = await self._turns.accept(turn, generating)
         return turn
 
@@ -109,12 +113,10 @@ class ChatService:
         system = {"role": "system", "content": self._settings.system_prompt}
         return [system, *messages], self._settings.system_prompt_version
 
-    def _generate(self, payload: dict[str, Any], stream: bool) -> Coroutine[Any, Any, Generation]:
-        if stream:
-            return self._engine.open_chat_stream(payload)
-        return self._engine.chat(payload)
+    def _generate(self, route: Route, payload: dict[str, Any], stream: bool) -> Coroutine[Any, Any, Generation]:
+        return self._generator.generate(route, payload, stream)
 
-    def _speculate(self, payload: dict[str, Any], stream: bool) -> Speculation[Generation] | None:
+    def _speculate(self, route: Route, payload: dict[str, Any], stream: bool) -> Speculation[Generation] | None:
         """Start generating before the input rails decide, unless that is known to be wasted: speculation off, vLLM
         down (the rails may still refuse without it), or personal data in the question (the rails will redact it,
         so the model must not see it; this is the same redaction the rails use)."""
@@ -123,7 +125,7 @@ class ChatService:
         question = payload["messages"][-1]["content"]
         if redact(question).changed:
             return None
-        return Speculation(self._generate(payload, stream))
+        return Speculation(self._generate(route, payload, stream))
 
     async def _checked_turn(
         self,

@@ -36,6 +36,8 @@ class ChunkDelta(msgspec.Struct):
 class ChunkChoice(msgspec.Struct):
     delta: ChunkDelta = msgspec.field(default_factory=ChunkDelta)
     finish_reason: str | None = None
+    # A text completion's chunk (/v1/completions) carries its piece here instead of in `delta`.
+    text: str | None = None
 
 
 class ChunkUsage(msgspec.Struct):
@@ -64,10 +66,14 @@ def _error_message(response: httpx.Response) -> str:
 
 
 class ChatStream:
-    """A streamed chat completion, open. Closing it closes the connection, which aborts the generation in vLLM."""
+    """A streamed chat completion, open. Closing it closes the connection, which aborts the generation in vLLM.
 
-    def __init__(self, response: httpx.Response) -> None:
+    A streamed text completion (`completion=True`, from /v1/completions) reads the same: each choice's `text` is
+    moved into its `delta.content`, so whoever relays the stream need not know which endpoint produced it."""
+
+    def __init__(self, response: httpx.Response, *, completion: bool = False) -> None:
         self._response = response
+        self._completion = completion
 
     async def chunks(self) -> AsyncIterator[ChatChunk]:
         """The completion's chunks up to `[DONE]`; raises EngineUnavailableError when the stream breaks or ends
@@ -85,6 +91,9 @@ class ChatStream:
                 chunk = _chunk_decoder.decode(event.data)
                 if chunk.error is not None:
                     raise EngineUnavailableError(f"vLLM failed mid-answer: {chunk.error.get('message', chunk.error)}")
+                if self._completion:
+                    for choice in chunk.choices:
+                        choice.delta = ChunkDelta(content=choice.text, role=None)
                 yield chunk
         except (httpx.HTTPError, SSEError) as error:
             raise EngineUnavailableError(f"lost vLLM mid-answer: {type(error).__name__}") from error
@@ -128,22 +137,35 @@ class EngineClient:
             raise EngineRejectedError(_error_message(response), response.status_code)
 
     async def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._complete("/v1/chat/completions", payload)
+
+    async def open_chat_stream(self, payload: dict[str, Any]) -> ChatStream:
+        """Start a streamed chat completion; a refusal or failure before its first byte raises here."""
+        return await self._open_stream("/v1/chat/completions", payload)
+
+    async def complete_with_embeds(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A text completion (/v1/completions) of a prompt given as `prompt_embeds` (base64 of `torch.save` of a
+        (tokens, hidden) tensor; vLLM needs --enable-prompt-embeds). Returned as vLLM sent it."""
+        return await self._complete("/v1/completions", payload)
+
+    async def open_completion_stream_with_embeds(self, payload: dict[str, Any]) -> ChatStream:
+        """The streamed form of `complete_with_embeds`, read like a chat stream (see ChatStream)."""
+        return await self._open_stream("/v1/completions", payload, completion=True)
+
+    async def _complete(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
             response = await self._http.post(
-                "/v1/chat/completions",
-                content=msgspec.json.encode(payload),
-                headers={"content-type": "application/json"},
+                path, content=msgspec.json.encode(payload), headers={"content-type": "application/json"}
             )
         except httpx.HTTPError as error:
             raise self._unreachable(error) from error
         self._check(response)
         return msgspec.json.decode(response.content)
 
-    async def open_chat_stream(self, payload: dict[str, Any]) -> ChatStream:
-        """Start a streamed chat completion; a refusal or failure before its first byte raises here."""
+    async def _open_stream(self, path: str, payload: dict[str, Any], *, completion: bool = False) -> ChatStream:
         request = self._http.build_request(
             "POST",
-            "/v1/chat/completions",
+            path,
             content=msgspec.json.encode(payload),
             headers={"content-type": "application/json", "accept": "text/event-stream"},
         )
@@ -159,7 +181,7 @@ class EngineClient:
             finally:
                 await response.aclose()
             self._check(response)
-        return ChatStream(response)
+        return ChatStream(response, completion=completion)
 
     async def load_lora_adapter(self, name: str, path: str) -> None:
         """Load an adapter under `name` (vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING); loading a name vLLM already

@@ -21,7 +21,7 @@ from server.exceptions import ConflictError, NotFoundError
 from server.models.arms import read_canary
 from server.models.artefacts import ArtefactChangedError
 from server.models.canary import CanaryPolicy
-from server.models.loading import AdapterLoader, NotServableError, servable_problem
+from server.models.loading import AdapterLoader
 from server.models.transitions import (
     ALLOWED,
     PINNABLE,
@@ -87,8 +87,6 @@ class ModelLifecycle:
         )
 
     async def _start_canary(self, version: ModelVersion, actor: str, reason: str, alias: str | None) -> ModelVersion:
-        if problem := servable_problem(version):
-            raise NotServableError(f"{version.name}: {problem}")
         async with self._sessions() as session:
             target = await get_alias(session, alias or self._settings.default_model_alias)
             if target.canary_version_name:
@@ -226,8 +224,6 @@ class ModelLifecycle:
             raise TransitionRefusedError(
                 f"{name} is {version.status}: only {', '.join(sorted(PINNABLE))} versions are pinned"
             )
-        if problem := servable_problem(version):
-            raise NotServableError(f"{name}: {problem}")
         async with self._sessions() as session:
             target = await get_alias(session, alias or self._settings.default_model_alias)
             user_ids = await self._user_ids(session, users)

@@ -13,33 +13,15 @@ import anyio
 from server.db.models import ModelKind, ModelVersion
 from server.engine.client import EngineClient
 from server.engine.replicas import Replicas
-from server.exceptions import ConflictError, UnavailableError
+from server.exceptions import UnavailableError
 from server.models.artefacts import verify_hashes
 from server.system import metrics
 
 log = logging.getLogger("ratchet.models")
 
-# Why a soft prompt cannot be put in front of users yet (docs/models.md says how it would be served).
-SOFT_PROMPT_NOT_SERVED = (
-    "prompt_tuning versions cannot be served yet: vLLM serves a soft prompt only as prompt embeddings on "
-    "/v1/completions (--enable-prompt-embeds), with the chat template applied by the app, and the chat path does "
-    "not build those requests"
-)
-
-
-class NotServableError(ConflictError):
-    code = "not_servable"
-
 
 class NoEngineError(UnavailableError):
     code = "no_engine"
-
-
-def servable_problem(version: ModelVersion) -> str | None:
-    """Why this version cannot be put in front of users on this server, or None."""
-    if version.kind == ModelKind.PROMPT_TUNING:
-        return SOFT_PROMPT_NOT_SERVED
-    return None
 
 
 class AdapterLoader:
@@ -53,13 +35,17 @@ class AdapterLoader:
             self.engines = await self._replicas.current()
 
     async def load(self, version: ModelVersion, engines: Sequence[EngineClient] | None = None) -> None:
-        """Load a LoRA version into the given engines (all by default); the base needs nothing. Raises before
-        anything is loaded when the artefact changed, and EngineUnavailableError / EngineRejectedError from vLLM."""
+        """Load a LoRA version into the given engines (all by default); the base needs nothing, and neither does a
+        soft prompt in vLLM (the app sends it with each request as prompt embeddings: server/models/soft_prompts.py)
+        beyond its files' hashes. Raises before anything is loaded when the artefact changed, and
+        EngineUnavailableError / EngineRejectedError from vLLM."""
         if version.kind == ModelKind.BASE:
             return
-        problem = servable_problem(version)
-        if problem:
-            raise NotServableError(f"{version.name}: {problem}")
+        if version.kind == ModelKind.PROMPT_TUNING:
+            assert version.adapter_path is not None
+            await anyio.to_thread.run_sync(verify_hashes, Path(version.adapter_path), version.artefact_hashes)
+            log.info("soft prompt %s checked: it is sent with each request, nothing to load into vLLM", version.name)
+            return
         targets = self.engines if engines is None else list(engines)
         if not targets:
             raise NoEngineError("no vLLM engine is configured to load the version into")

@@ -4,10 +4,12 @@ be routed to any more leaves vLLM once it has drained.
 
 Each pass compares each engine's `/v1/models` with the live versions (aliases' active and canary versions and
 pinned ones): a live LoRA an engine lacks is loaded (after its files' hashes are checked again); the router is told
-which versions every engine has, and routes only to those. A loaded LoRA that is no longer live is unloaded once
-it has been out of routing for `model_drain_grace_s` (every app replica's router refreshes well within that) and no
-answer it writes is pending in the database (the chat path stores a pending answer, naming its version, before it
-calls vLLM and finishes it after the last token; answers older than the request timeout cannot still be running).
+which versions every engine has, and routes only to those. A live soft prompt (prompt_tuning) is never loaded into
+vLLM, since the app sends it as prompt embeddings with each request: it counts as loaded while every engine
+answers. A loaded LoRA that is no longer live is unloaded once it has been out of routing for
+`model_drain_grace_s` (every app replica's router refreshes well within that) and no answer it writes is pending in
+the database (the chat path stores a pending answer, naming its version, before it calls vLLM and finishes it after
+the last token; answers older than the request timeout cannot still be running).
 The engine list is what several replicas need (issue 16): the same pass runs against each."""
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ class EngineReconciler:
     async def reconcile(self) -> None:
         await self._loader.refresh_engines()
         async with self._sessions() as session:
-            live = {name: v for name, v in (await live_versions(session)).items() if v.kind == ModelKind.LORA}
+            serving = await live_versions(session)
+            live = {name: v for name, v in serving.items() if v.kind == ModelKind.LORA}
+            # A soft prompt is no adapter vLLM loads: it is sent with each request, to any engine that answers.
+            soft_prompts = {name for name, v in serving.items() if v.kind == ModelKind.PROMPT_TUNING}
             adapters = set(
                 (await session.scalars(select(ModelVersion.name).where(ModelVersion.kind == ModelKind.LORA))).all()
             )
@@ -64,7 +69,7 @@ class EngineReconciler:
                 served = set(await engine.served_models())
             except RatchetError as error:
                 loaded_everywhere.clear()
-                missing.update({name: f"{engine.base_url}: {error}" for name in live})
+                missing.update({name: f"{engine.base_url}: {error}" for name in (*live, *soft_prompts)})
                 continue
             for name in sorted(live.keys() - served):
                 try:
@@ -75,6 +80,8 @@ class EngineReconciler:
                     log.error("live version %s is not loaded in vLLM at %s: %s", name, engine.base_url, error)
             loaded_everywhere &= served
             stale.append((engine, served & (adapters - live.keys())))
+        if self._loader.engines and len(stale) == len(self._loader.engines):
+            loaded_everywhere |= soft_prompts
         self._router.set_loaded(loaded_everywhere)
         self.missing = missing
         drained = await self._drained(set().union(*(names for _, names in stale)))

@@ -158,6 +158,11 @@ class ModelRouter:
             name in (target.version, target.canary_version) for target in self._aliases.values()
         )
 
+    def soft_prompt(self, version: str) -> ModelVersion | None:
+        """The version when it is a soft prompt (served as prompt embeddings, not by name), else None."""
+        model = self._versions.get(version)
+        return model if model is not None and model.kind == ModelKind.PROMPT_TUNING else None
+
     def _adapter_of(self, version: str) -> str | None:
         model = self._versions.get(version)
         return model.adapter_path if model else None

@@ -52,6 +52,37 @@ def _tiny_llama(hidden: int) -> object:
     return LlamaForCausalLM(config)
 
 
+# SmolLM2's ChatML template, for the tiny base's tokenizer.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+    "'\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _tiny_tokenizer(directory: Path) -> None:
+    """A character-level tokenizer (fits the tiny vocabulary of 128) with ChatML's special tokens and template,
+    saved beside the tiny base as a checkpoint's own tokenizer is."""
+    import string
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    characters = [*string.printable[:95], "\n"]
+    vocab = {token: index for index, token in enumerate(specials + characters)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="<|im_end|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+
+
 def build_tiny_models(root: Path) -> TinyModels:
     """Everything built once per session (PEFT and transformers take seconds to import)."""
     import torch
@@ -60,6 +91,7 @@ def build_tiny_models(root: Path) -> TinyModels:
     torch.manual_seed(0)
     base_dir = root / BASE_NAME
     _tiny_llama(HIDDEN).save_pretrained(base_dir)
+    _tiny_tokenizer(base_dir)
     adapters: dict[str, Path] = {}
 
     def lora(name: str, hidden: int = HIDDEN, **options: object) -> Path:

@@ -16,7 +16,6 @@ from server.db.models import ModelAlias, ModelTransition, ModelVersion
 from server.engine.client import EngineUnavailableError
 from server.models.artefacts import InvalidArtefactError
 from server.models.lifecycle import LoadRefusedError, UsersNotFoundError
-from server.models.loading import NotServableError
 from server.models.registry import VersionExistsError
 from server.models.transitions import InvalidActionError, TransitionRefusedError
 from server.settings import Settings
@@ -212,12 +211,27 @@ async def test_an_artefact_changed_after_registration_is_not_loaded(models: Serv
     assert (await models.registry.get(name)).status == "failed"
 
 
-async def test_soft_prompts_are_not_put_in_front_of_users_and_say_why(models: Serving) -> None:
+async def test_a_soft_prompt_goes_to_canary_and_is_routed_without_loading_anything_into_vllm(models: Serving) -> None:
     name = await models.gated("soft-prompt", "ratchet-pt-1", kind="prompt_tuning")
-    with pytest.raises(NotServableError, match="prompt embeddings"):
-        await models.lifecycle.promote(name, "admin:root", "go")
-    assert (await models.registry.get(name)).status == "gated"
+    await models.lifecycle.promote(name, "admin:root", "go")
+    await models.sync()
+    assert (await models.registry.get(name)).status == "canary"
+    # vLLM gets it as prompt embeddings with each request: nothing is loaded, nothing takes an adapter slot.
     assert models.engine.loads == []
+    assert models.router.servable(name)
+    # While vLLM is down nobody is routed to it, as for a LoRA version.
+    models.engine.down = True
+    await models.sync()
+    assert not models.router.servable(name)
+
+
+async def test_a_soft_prompt_changed_after_registration_is_not_put_in_front_of_users(models: Serving) -> None:
+    name = await models.gated("soft-prompt", "ratchet-pt-1", kind="prompt_tuning")
+    stored = Path((await models.registry.get(name)).adapter_path or "")
+    (stored / "adapter_model.safetensors").write_bytes(b"changed")
+    with pytest.raises(LoadRefusedError, match="changed since it was registered"):
+        await models.lifecycle.promote(name, "admin:root", "go")
+    assert (await models.registry.get(name)).status == "failed"
 
 
 async def test_promotion_retires_the_replaced_version_and_rollback_brings_it_back(models: Serving) -> None:
