@@ -71,13 +71,16 @@ async function submitFragment(event) {
   const form = event.currentTarget;
   const submitter = event.submitter;
   const target = document.getElementById(form.dataset.fragment);
+  // Read the form before disabling its buttons: a disabled submitter is left out of FormData, and the vote's
+  // `value` is the button that was pressed.
+  const body = formBody(form, submitter);
   const buttons = form.querySelectorAll("button");
   buttons.forEach((button) => { button.disabled = true; });
   if (form.dataset.busy) announce(form.dataset.busy);
   try {
     const response = await fetch(form.action, {
       method: "POST",
-      body: formBody(form, submitter),
+      body,
       headers: { "x-ratchet-fetch": "1" },
     });
     if (!response.ok) {
