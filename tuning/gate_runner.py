@@ -203,7 +203,7 @@ def gate_candidates(
                 results, passed = earlier
             else:
                 if runner is None:
-                    rails = load_rails(settings.rails_config)
+                    rails = load_rails(settings.rails_config, settings.data_dir)
                     runner = GateRunner(
                         settings.base_model_dir,
                         lambda rows: score(reward_model, rows, config.max_length),
