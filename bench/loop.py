@@ -634,8 +634,19 @@ def main() -> None:
     parser.add_argument("--canary-max-votes-per-user", type=int, default=60)
     parser.add_argument("--canary-margin", type=float, default=0.02, help="the canary's non-inferiority margin")
     parser.add_argument("--canary-check-interval-s", type=float, default=2.0)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="the deployment's served max_tokens (RATCHET_GENERATION_MAX_TOKENS; default: the model's, 512). On a "
+        "shared 2-core box an answer rambling to 512 tokens takes minutes; a lower served limit is a deployment's "
+        "setting like any other, and an answer cut at it still counts as degenerate (a run-on)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 30 employees, 6 questions, 1 night, sft")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 30 employees, 4 questions a day, 1 night, sft, 160-token answers, smaller gates",
+    )
     parser.add_argument(
         "--classifier-from",
         type=Path,
@@ -645,8 +656,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/loop-<time>)")
     args = parser.parse_args()
     if args.quick:
-        args.users, args.questions_per_day, args.nights, args.methods = 30, 6, 1, "sft"
-        args.max_extra_rounds = min(args.max_extra_rounds, 6)
+        args.users, args.questions_per_day, args.nights, args.methods = 30, 4, 1, "sft"
+        args.max_extra_rounds = min(args.max_extra_rounds, 4)
+        args.max_tokens = args.max_tokens or 160
     out = args.out or RESULTS / f"loop-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     total = time.monotonic()
@@ -665,6 +677,9 @@ def main() -> None:
         "RATCHET_CANARY_CHECK_INTERVAL_S": str(args.canary_check_interval_s),
     }
     say(f"# {' '.join(sys.argv[1:]) or '(defaults)'}; results in {out}")
+    if args.max_tokens:
+        env["RATCHET_GENERATION_MAX_TOKENS"] = str(args.max_tokens)
+        say(f"# RATCHET_GENERATION_MAX_TOKENS={args.max_tokens}: answers are served with at most this many tokens")
     canary_env = ("RATCHET_CANARY_FRACTION", "RATCHET_CANARY_MAX_VOTES_PER_USER", "RATCHET_CANARY_MARGIN")
     say("# " + " ".join(f"{key}={env[key]}" for key in canary_env) + " (the other canary settings at their defaults)")
     classifier = args.classifier_from if (args.classifier_from / "rails").exists() else None
