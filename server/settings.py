@@ -97,6 +97,21 @@ class Settings(BaseSettings):
     canary_check_interval_s: float = Field(
         5, gt=0, description="Seconds between live-canary verdicts on the votes, trips and errors so far."
     )
+    # The live canary's vote test (CanaryPolicy in server/models/canary.py); the defaults are CanaryPolicy's.
+    canary_margin: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Non-inferiority margin on thumbs-up rate: a canary shown to be worse by less than this "
+        "is promoted.",
+    )
+    canary_min_votes_per_arm: int = Field(
+        50, ge=1, description="Weighted votes each arm needs (after the per-user cap) before the canary decides."
+    )
+    canary_min_users_per_arm: int = Field(10, ge=2, description="Voters each arm needs before the canary decides.")
+    canary_max_votes_per_user: int = Field(
+        20, ge=1, description="A user's votes weigh at most this many in the canary's test: no one voter decides alone."
+    )
     model_sync_interval_s: float = Field(
         1,
         gt=0,

@@ -62,7 +62,12 @@ class ModelLifecycle:
         self._sessions = sessions
         self._settings = settings
         self.loader = loader
-        self.policy = policy or CanaryPolicy()
+        self.policy = policy or CanaryPolicy(
+            margin=settings.canary_margin,
+            min_votes_per_arm=settings.canary_min_votes_per_arm,
+            min_users_per_arm=settings.canary_min_users_per_arm,
+            max_votes_per_user=settings.canary_max_votes_per_user,
+        )
 
     async def promote(
         self,
