@@ -77,10 +77,12 @@ def test_an_employee_question_streams_a_thumbs_down_reaches_ops_and_the_correcti
     alice: Page, olivia: Page, admin: Page
 ) -> None:
     alice.evaluate(COUNT_STREAM_UPDATES)
-    ask(alice, "What is a mutex in programming? Explain in a few sentences.")
+    question = "What is a mutex in programming? Explain in a few sentences."
+    ask(alice, question)
     answer_id = wait_for_answer(alice)
     assert alice.evaluate("window.__updates") >= 3  # written piece by piece, not in one go
     expect(alice).to_have_url(re.compile(r"/ui/chat/[0-9a-f-]{36}$"))
+    expect(alice.get_by_role("heading", level=1)).to_have_text(question)  # titled as a reload would show it
     answer = alice.locator(f"#m-{answer_id}")
     answer_text = answer.locator(".body").inner_text()
     assert answer_text.strip()
