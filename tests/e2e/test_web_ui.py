@@ -77,10 +77,12 @@ def test_an_employee_question_streams_a_thumbs_down_reaches_ops_and_the_correcti
     alice: Page, olivia: Page, admin: Page
 ) -> None:
     alice.evaluate(COUNT_STREAM_UPDATES)
-    ask(alice, "What is a mutex in programming? Explain in a few sentences.")
+    question = "What is a mutex in programming? Explain in a few sentences."
+    ask(alice, question)
     answer_id = wait_for_answer(alice)
     assert alice.evaluate("window.__updates") >= 3  # written piece by piece, not in one go
     expect(alice).to_have_url(re.compile(r"/ui/chat/[0-9a-f-]{36}$"))
+    expect(alice.get_by_role("heading", level=1)).to_have_text(question)  # titled as a reload would show it
     answer = alice.locator(f"#m-{answer_id}")
     answer_text = answer.locator(".body").inner_text()
     assert answer_text.strip()
@@ -191,16 +193,22 @@ async def seed_answer(server: LiveServer, user_name: str, question: str, answer:
         await engine.dispose()
 
 
-def test_the_review_desk_works_from_the_keyboard(olivia: Page, e2e_server: LiveServer) -> None:
-    conversation_id = run(seed_answer(e2e_server, "alice", "Is the cafeteria open on Sunday?", "Yes, all night."))
-    thread = httpx.get(f"{e2e_server.base_url}/api/conversations/{conversation_id}", headers=e2e_server.headers())
+def voted_down(server: LiveServer, question: str, answer: str, reasons: list[str], comment: str = "") -> str:
+    """A stored answer alice voted down through the API (so it is in the review queue); its id."""
+    conversation_id = run(seed_answer(server, "alice", question, answer))
+    thread = httpx.get(f"{server.base_url}/api/conversations/{conversation_id}", headers=server.headers())
     answer_id = thread.json()["messages"][-1]["id"]
     vote = httpx.put(
-        f"{e2e_server.base_url}/api/messages/{answer_id}/feedback",
-        json={"value": "down", "reasons": ["wrong"]},
-        headers=e2e_server.headers(),
+        f"{server.base_url}/api/messages/{answer_id}/feedback",
+        json={"value": "down", "reasons": reasons, "comment": comment},
+        headers=server.headers(),
     )
     assert vote.status_code == 200
+    return answer_id
+
+
+def test_the_review_desk_works_from_the_keyboard(olivia: Page, e2e_server: LiveServer) -> None:
+    answer_id = voted_down(e2e_server, "Is the cafeteria open on Sunday?", "Yes, all night.", ["wrong"])
     olivia.goto("/ui/review/?reason=wrong")
     olivia.keyboard.press("j")
     assert olivia.evaluate("document.activeElement.closest('tr').classList.contains('selected')")
@@ -251,8 +259,11 @@ def axe_violations(page: Page) -> list[dict[str, Any]]:
 
 
 def test_chat_review_and_models_pages_pass_axe_and_are_screenshotted(
-    alice: Page, olivia: Page, admin: Page, capsys: pytest.CaptureFixture[str]
+    alice: Page, olivia: Page, admin: Page, e2e_server: LiveServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Open items in the queue, so axe checks (and the screenshot shows) the queue's table, not an empty queue.
+    voted_down(e2e_server, "How many vacation days do I get?", "Ten per month.", ["wrong"], "It is 25 a year")
+    voted_down(e2e_server, "Where is the VPN guide?", "I cannot help with that.", ["refused", "unhelpful"])
     ask(alice, "How do I read a text file in Python? Show a short code example.")
     wait_for_answer(alice)
     olivia.goto("/ui/review/")

@@ -232,6 +232,11 @@ function adoptConversation(form, data) {
   if (field.value === data.conversation_id) return;
   field.value = data.conversation_id;
   window.history.replaceState(null, "", data.url);
+  // Titled as the server titles a new conversation: its first question.
+  const title = form.querySelector("textarea[name=question]").dataset.lastQuestion || "New conversation";
+  const heading = document.getElementById("conversation-title");
+  if (heading) heading.textContent = title;
+  document.title = `${title} · Ratchet`;
   const list = document.getElementById("conversation-list");
   if (!list) return;
   list.querySelector("li.muted")?.remove();
@@ -240,7 +245,7 @@ function adoptConversation(form, data) {
   const link = document.createElement("a");
   link.href = data.url;
   link.setAttribute("aria-current", "page");
-  link.textContent = form.querySelector("textarea[name=question]").dataset.lastQuestion || "New conversation";
+  link.textContent = title;
   item.append(link);
   list.prepend(item);
 }
