@@ -207,7 +207,7 @@ def test_nightly_trains_every_method_resumes_after_a_kill_and_then_skips(
     reader.start()
     while not re.search(rb": kto .*?Extracting KL train dataset.*? 0%\|", bytes(output), re.DOTALL):
         assert job.poll() is None, output.decode(errors="replace")[-3000:]
-        assert time.monotonic() - started < 400, "the kto stage never started training"
+        assert time.monotonic() - started < 900, "the kto stage never started training"
         time.sleep(0.05)
     job.send_signal(signal.SIGKILL)
     job.wait()
