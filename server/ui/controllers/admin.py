@@ -1,5 +1,5 @@
 """Admin pages: the dashboard (figures per day and model version), the model versions, and the nightly tuning runs
-with their reports. Promotion and rollback forms arrive with the model registry."""
+with their reports. Promotion and rollback are in the models API and CLI; this page has no forms for them yet."""
 
 from __future__ import annotations
 
