@@ -61,8 +61,12 @@ def held_out_chats(night: list[Chat], system_prompt: str, size: int, seed: int) 
     """The night's held-out prompts (each distinct context once), topped up with the gates' own open prompts."""
     distinct = list({json.dumps(chat, sort_keys=True): chat for chat in night}.values())
     chosen = subsample(distinct, size, seed)
+    missing = size - len(chosen)
+    if missing <= 0:
+        # subsample() reads 0 as "all", which would double the night's gate cost for no new prompts.
+        return chosen
     extra = [_chat(system_prompt, prompt) for prompt in open_prompts()]
-    return chosen + subsample(extra, max(0, size - len(chosen)), seed)
+    return chosen + subsample(extra, missing, seed)
 
 
 def _chat(system_prompt: str, user: str) -> Chat:

@@ -70,7 +70,7 @@ def test_app_started_like_its_unit_and_image_is_ready_and_answers_a_chat(app_on_
     app = app_on_replica
     assert [Path(app.popen.args[0]).name, *app.popen.args[1:]] == dockerfile_command()
     ready = httpx.get(app.url + "/readyz", timeout=10).json()
-    assert ready == {"ready": True, "checks": {"database": "ok", "vllm": "ok"}}
+    assert ready == {"ready": True, "checks": {"database": "ok", "vllm": "ok", "models": "ok"}}
     assert app.env["RATCHET_DATABASE_URL"].startswith("postgresql+asyncpg://")
     token = ratchet_cli(app, "users", "create", "alice")
 

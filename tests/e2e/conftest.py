@@ -21,7 +21,7 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_server(tmp_path_factory: pytest.TempPathFactory, rails_data_dir: Path) -> Iterator[LiveServer]:
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
@@ -45,13 +45,13 @@ def e2e_server(tmp_path_factory: pytest.TempPathFactory, rails_data_dir: Path) -
         stop_server(server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright, e2e_server: LiveServer) -> Iterator[Browser]:
     # Root in a container has no user namespaces for chromium's sandbox.
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])

@@ -194,3 +194,10 @@ def test_held_out_prompts_are_the_nights_distinct_contexts_topped_up_from_the_ga
     assert len(chats) == 5
     assert chats[0] == night[0]
     assert all(chat[0] == {"role": "system", "content": "You are Ratchet."} for chat in chats[1:])
+
+
+def test_a_night_with_enough_distinct_prompts_is_not_topped_up() -> None:
+    night = [[{"role": "user", "content": f"Question {index}?"}] for index in range(8)]
+    chats = held_out_chats(night, "You are Ratchet.", size=5, seed=1)
+    assert len(chats) == 5
+    assert all(chat in night for chat in chats)
