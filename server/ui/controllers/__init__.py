@@ -14,6 +14,7 @@ from server.errors import EXCEPTION_HANDLERS
 from server.settings import Settings
 from server.ui.controllers.admin import AdminController
 from server.ui.controllers.chat import AnswerController, ChatPageController
+from server.ui.controllers.models import ModelPagesController
 from server.ui.controllers.review import ReviewDeskController
 from server.ui.controllers.session import AccountController, SessionController
 from server.ui.errors import ui_error
@@ -27,6 +28,7 @@ CONTROLLERS = [
     AnswerController,
     ReviewDeskController,
     AdminController,
+    ModelPagesController,
 ]
 
 

@@ -1,5 +1,5 @@
-"""Admin pages: the dashboard (figures per day and model version), the model versions, and the nightly tuning runs
-with their reports. Promotion and rollback are in the models API and CLI; this page has no forms for them yet."""
+"""Admin pages: the dashboard (figures per day and model version), the export, and the nightly tuning runs with their
+reports. The model versions have their own pages (models.py)."""
 
 from __future__ import annotations
 
@@ -84,24 +84,6 @@ class AdminController(Controller):
             export.zip(),
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="ratchet-export-{export.content_hash[:12]}.zip"'},
-        )
-
-    @get("/models")
-    async def models(
-        self, request: Request[Any, Any, Any], stats: UsageStats, tuning_runs: TuningRunService
-    ) -> Template:
-        versions = await stats.versions(await tuning_runs.newest(500))
-        figures = await stats.daily(30)
-        up_rate = line_chart(
-            "version-up-rate",
-            "Up-rate per model version per day (last 30 days)",
-            figures.days,
-            [Series(name, figures.up_rate(name)) for name in figures.versions],
-            percent=True,
-        )
-        return Template(
-            "admin_models.html.j2",
-            context={"user": request.user, "versions": versions, "up_rate": up_rate},
         )
 
     @get("/runs")
