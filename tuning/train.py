@@ -15,9 +15,15 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
+from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit
 from sklearn.metrics import roc_auc_score
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
 
 from server.models.generation_defaults import GenerationDefaults
 from tuning.config import TuneConfig
@@ -79,6 +85,21 @@ def policy_lora(config: TuneConfig) -> LoraConfig:
         target_modules=POLICY_TARGETS,
         bias="none",
     )
+
+
+def policy_start(base: Path, start_adapter: Path | None, config: TuneConfig) -> tuple[Any, LoraConfig | None]:
+    """What a LoRA policy update trains, and the PEFT config TRL wraps it with: the active version's adapter trained
+    further when one serves (so what earlier nights learnt carries into tonight's candidate), else a fresh LoRA on
+    the base. KTO takes a frozen copy of a pretrained adapter as its reference; GRPO's KL stays to the base."""
+    if start_adapter is None:
+        return str(base), policy_lora(config)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return PeftModel.from_pretrained(model, start_adapter, is_trainable=True), None
+
+
+def save_adapter(trainer: Any, folder: Path) -> None:
+    # The trained adapter alone: KTO adds its frozen reference copy of a pretrained one as a second adapter.
+    trainer.model.save_pretrained(folder, selected_adapters=["default"])
 
 
 def writes(trainer: Any) -> bool:
@@ -209,6 +230,7 @@ def train_rl(
     config: TuneConfig,
     out: Path,
     generation: GenerationDefaults,
+    start_adapter: Path | None = None,
 ) -> dict[str, Any]:
     """GRPO as a PPO-style update: clipped surrogate (num_iterations > 1, epsilon) and a KL penalty to the base.
     Completions are sampled with the served top_p and repetition penalty, so the policy is judged on the kind of
@@ -221,8 +243,9 @@ def train_rl(
     args = trainer_args(config, out, config.rl_max_steps, config.rl_learning_rate)
     # GRPO needs the generation batch to be a multiple of the group size: whole groups, one per prompt, per step.
     args["per_device_train_batch_size"] = config.rl_num_generations * config.rl_prompts_per_step
+    model, peft_config = policy_start(base, start_adapter, config)
     trainer = GRPOTrainer(
-        model=str(base),
+        model=model,
         reward_funcs=[
             str(reward_model),
             rail_penalty_reward(rails_dir, config.rl_rail_penalty),
@@ -244,15 +267,17 @@ def train_rl(
         ),
         train_dataset=Dataset.from_list(prompts),
         processing_class=tokenizer,
-        peft_config=policy_lora(config),
+        peft_config=peft_config,
     )
     trainer.train()
     if writes(trainer):
-        trainer.model.save_pretrained(out / "adapter")
+        save_adapter(trainer, out / "adapter")
     return _result(trainer, prompts=len(prompts))
 
 
-def _kto(base: Path, rows: list[Row], peft_config: Any, config: TuneConfig, out: Path, steps: int, lr: float) -> Any:
+def _kto(
+    base: Path, model: Any, rows: list[Row], peft_config: Any, config: TuneConfig, out: Path, steps: int, lr: float
+) -> Any:
     from trl import KTOConfig, KTOTrainer
 
     desirable = sum(1 for row in rows if row["label"])
@@ -261,7 +286,7 @@ def _kto(base: Path, rows: list[Row], peft_config: Any, config: TuneConfig, out:
         raise NotEnoughData(f"KTO needs both up- and down-voted answers (got {desirable} up, {undesirable} down)")
     # Weighted so both classes count alike: mostly-negative thumbs otherwise push the model into collapse.
     trainer = KTOTrainer(
-        model=str(base),
+        model=model,
         args=KTOConfig(
             max_length=config.max_length,
             beta=config.kto_beta,
@@ -278,10 +303,13 @@ def _kto(base: Path, rows: list[Row], peft_config: Any, config: TuneConfig, out:
     return trainer
 
 
-def train_kto(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
-    trainer = _kto(base, rows, policy_lora(config), config, out, config.kto_max_steps, config.kto_learning_rate)
+def train_kto(
+    base: Path, rows: list[Row], config: TuneConfig, out: Path, start_adapter: Path | None = None
+) -> dict[str, Any]:
+    model, peft_config = policy_start(base, start_adapter, config)
+    trainer = _kto(base, model, rows, peft_config, config, out, config.kto_max_steps, config.kto_learning_rate)
     if writes(trainer):
-        trainer.model.save_pretrained(out / "adapter")
+        save_adapter(trainer, out / "adapter")
     return _result(trainer, rows=len(rows))
 
 
@@ -295,9 +323,8 @@ def train_prompt_tuning(base: Path, rows: list[Row], config: TuneConfig, out: Pa
         prompt_tuning_init_text=config.prompt_tuning_init_text,
         tokenizer_name_or_path=str(base),
     )
-    trainer = _kto(
-        base, rows, peft_config, config, out, config.prompt_tuning_max_steps, config.prompt_tuning_learning_rate
-    )
+    steps, lr = config.prompt_tuning_max_steps, config.prompt_tuning_learning_rate
+    trainer = _kto(base, str(base), rows, peft_config, config, out, steps, lr)
     soft_prompt = trainer.model.get_prompt_embedding_to_save("default").detach().cpu().contiguous()
     if writes(trainer):
         trainer.model.save_pretrained(out / "adapter")
@@ -327,15 +354,18 @@ def sft_rows(rows: list[Row], tokenizer: PreTrainedTokenizerBase) -> list[Row]:
     return out
 
 
-def train_sft(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dict[str, Any]:
+def train_sft(
+    base: Path, rows: list[Row], config: TuneConfig, out: Path, start_adapter: Path | None = None
+) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     if not rows:
         raise NotEnoughData("no corrections or approved answers in the training split, and no business data")
     tokenizer = load_tokenizer(base)
     steps = epoch_capped_steps(config.sft_max_steps, len(rows), config.sft_max_epochs, config)
+    model, peft_config = policy_start(base, start_adapter, config)
     trainer = SFTTrainer(
-        model=str(base),
+        model=model,
         args=SFTConfig(
             max_length=config.max_length,
             completion_only_loss=True,
@@ -344,11 +374,11 @@ def train_sft(base: Path, rows: list[Row], config: TuneConfig, out: Path) -> dic
         ),
         train_dataset=Dataset.from_list(sft_rows(rows, tokenizer)),
         processing_class=tokenizer,
-        peft_config=policy_lora(config),
+        peft_config=peft_config,
     )
     trainer.train()
     if writes(trainer):
-        trainer.model.save_pretrained(out / "adapter")
+        save_adapter(trainer, out / "adapter")
     return _result(trainer, rows=len(rows))
 
 

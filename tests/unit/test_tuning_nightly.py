@@ -22,14 +22,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from bench.feedback_seed import Judged, seed
 from server.db.engine import open_sessions
 from server.db.migrate import upgrade
 from server.models.generation_defaults import RECOMMENDED
+from server.models.lifecycle import ModelLifecycle
+from server.models.loading import AdapterLoader
+from server.models.registry import ModelRegistry
+from server.models.services import ModelRouter
 from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
+from tests.live_server import make_lora_adapters
+from tests.unit.model_fixtures import TEST_POLICY, FakeEngine
 from tuning.config import TuneConfig
 from tuning.nightly import Nightly, TuningBusy, UnfinishedRun, run_lock
 from tuning.train import NotEnoughData, train_rl
@@ -309,6 +316,76 @@ def test_a_method_without_data_is_skipped_with_its_reason_while_the_others_train
     assert set(record["adapters"]) == {"kto"}
     assert (Path(record["adapters"]["kto"]) / "adapter_model.safetensors").exists()
     assert "kto" in record["message"] and "sft" not in record["message"]
+
+
+async def make_active(settings: Settings, adapter: Path, name: str) -> None:
+    """`name` registered, gated and promoted through the canary to active, as an admin would (vLLM's adapter routes
+    played by a FakeEngine: nothing here serves)."""
+    async with open_sessions(settings) as sessions:
+        await ModelRouter(sessions, settings).ensure_base_registered()
+        registry = ModelRegistry(sessions, settings)
+        await registry.register_candidate(
+            name,
+            "lora",
+            adapter,
+            parent=settings.base_model_name,
+            run_id="an-earlier-night",
+            data_hash="d" * 64,
+            method="sft",
+            method_settings={},
+            metrics={},
+        )
+        await registry.record_gate_results(name, [{"name": "win_rate", "passed": True}], passed=True)
+        lifecycle = ModelLifecycle(sessions, settings, AdapterLoader([FakeEngine()]), TEST_POLICY)  # type: ignore[list-item]
+        await lifecycle.promote(name, "admin:root", "canary")
+        await lifecycle.promote(name, "admin:root", "better on live traffic")
+
+
+def lora_b(adapter: Path) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in load_file(adapter / "adapter_model.safetensors").items() if "lora_B" in key}
+
+
+@pytest.mark.trl  # a reward-model step and an SFT step on CPU
+def test_a_night_trains_the_active_lora_version_further_and_records_it_as_the_parent(
+    store: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, _ = store
+    adapter = make_lora_adapters(PREPARED_MODEL, settings.data_dir / "earlier", ["night-1"])["night-1"]
+    asyncio.run(make_active(settings, adapter, "ratchet-night-1"))
+    config = TuneConfig(**{key.lower(): value for key, value in TINY.items()})
+    config.methods = ["sft"]
+
+    run = Nightly(settings, config).nightly()
+
+    record = json.loads((run.dir / "run.json").read_text())
+    assert record["status"] == "succeeded", record.get("message")
+    assert record["start_from"]["version"] == "ratchet-night-1"
+    candidate = record["candidates"]["sft"]
+
+    async def parent() -> str | None:
+        async with open_sessions(settings) as sessions:
+            return (await ModelRegistry(sessions, settings).get(candidate)).parent_name
+
+    assert asyncio.run(parent()) == "ratchet-night-1"
+    trained_folder = Path(record["adapters"]["sft"])
+    assert not (trained_folder / "ref").exists()
+    started, trained = lora_b(adapter), lora_b(trained_folder)
+    # The active adapter's modules and weights, moved by one step: a fresh LoRA would have other modules and B ≈ 0.
+    assert started.keys() == trained.keys()
+    for key, weights in started.items():
+        assert torch.linalg.norm(trained[key] - weights) < 0.5 * torch.linalg.norm(weights)
+    assert any(not torch.equal(trained[key], weights) for key, weights in started.items())
+
+
+def test_a_night_starts_fresh_on_the_base_while_the_base_serves_or_when_continuing_is_off(
+    store: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, _ = store
+    assert Nightly(settings, TuneConfig()).start_from() is None
+    adapter = make_lora_adapters(PREPARED_MODEL, settings.data_dir / "earlier", ["night-1"])["night-1"]
+    asyncio.run(make_active(settings, adapter, "ratchet-night-1"))
+    assert Nightly(settings, TuneConfig(continue_from_active=False)).start_from() is None
+    assert Nightly(settings, TuneConfig()).start_from()["version"] == "ratchet-night-1"  # type: ignore[index]
 
 
 def test_rl_without_trainable_prompts_is_not_enough_data(tmp_path: Path) -> None:
