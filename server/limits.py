@@ -85,7 +85,9 @@ class UserRateLimitMiddleware(RateLimitMiddleware):
 
 def _user_rate_limit(budget: str, per_minute: int) -> DefineMiddleware:
     def counts(request: Request[Any, Any, Any]) -> bool:
-        return request.route_handler.opt.get("rate_limit") == budget
+        # The app's middleware meets the UI's routes before the UI's own sign-in has set the user; the UI router's
+        # copy of this middleware, after that sign-in, counts them.
+        return request.route_handler.opt.get("rate_limit") == budget and request.scope.get("user") is not None
 
     def identifier(request: Request[Any, Any, Any]) -> str:
         return f"{budget}:{request.user.user_id}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.response import Redirect, Template
 
 from server.errors import EXCEPTION_HANDLERS
@@ -34,10 +34,13 @@ def ui_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, NotAuthorizedException) and request.method == "GET" and wants_page:
         return Redirect(f"{PREFIX}/login", query_params={"next": request.url.path})
     status, detail = _status_and_detail(request, exc)
+    # What the error tells the client to do next (Retry-After on a 429, Allow on a 405) reaches the browser too.
+    headers = (exc.headers or {}) if isinstance(exc, HTTPException) else {}
     if not wants_page:
-        return Response({"status_code": status, "detail": detail}, status_code=status)
+        return Response({"status_code": status, "detail": detail}, status_code=status, headers=headers)
     return Template(
         "error.html.j2",
         context={"status": status, "detail": detail, "user": request.scope.get("user")},
         status_code=status,
+        headers=headers,
     )

@@ -23,6 +23,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.auth.middleware import trusted_principal
 from server.auth.services import UserService
+from server.limits import rate_limit_middleware
 from server.settings import Settings
 
 SESSION_COOKIE = "ratchet_session"
@@ -144,11 +145,13 @@ class SecureCookiesOverHttps:
 
 
 def ui_middleware(settings: Settings) -> list[DefineMiddleware | type[SecureCookiesOverHttps]]:
-    """Outermost first: cookies marked Secure on HTTPS, the session loaded, the user known, then CSRF checked."""
+    """Outermost first: cookies marked Secure on HTTPS, the session loaded, the user known, CSRF checked, then the
+    per-user rate limits (the API's budgets: a user's chats count the same from the page and from the API)."""
     secret = ui_secret(settings)
     return [
         SecureCookiesOverHttps,
         DefineMiddleware(WebSessionMiddleware, config=session_config(settings, secret)),
         DefineMiddleware(WebAuthenticationMiddleware, exclude_from_auth_key=PUBLIC_OPT),
         DefineMiddleware(CSRFMiddleware, config=csrf_config(secret)),
+        *rate_limit_middleware(settings),
     ]

@@ -20,6 +20,7 @@ from server.app import create_app
 from server.db.models import Conversation, Message, MessageVote
 from server.settings import Settings
 from tests.unit.feedback_store import count, exchange, person
+from tests.unit.ui_client import post_form, sign_in
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 QUESTION = {"messages": [{"role": "user", "content": "How do I book a meeting room?"}]}
@@ -187,3 +188,21 @@ async def test_every_route_refuses_a_body_over_the_limit(
         assert await count(sessions, MessageVote) == 0
         # Under the limit the same route works.
         assert (await client.put(url, json={"value": "up"}, headers=alice.headers)).status_code == 200
+
+
+async def test_the_web_ui_spends_the_same_per_user_budget_as_the_api(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    alice = await person(sessions, "alice-ui")
+    async with app_client(settings, rate_limit_chat_per_minute=2) as client:
+        await sign_in(client, alice.token)
+        # vLLM is unreachable here: 503 shows the request got past the limit to the model.
+        from_api = await client.post("/v1/chat/completions", json=QUESTION, headers=alice.headers)
+        from_page = await post_form(client, "/ui/chat/turns", {"question": "Where is the printer?"})
+        assert (from_api.status_code, from_page.status_code) == (503, 503)
+
+        refused = await post_form(client, "/ui/chat/turns", {"question": "And the kitchen?"})
+        assert refused.status_code == 429
+        retry_after(refused)
+        assert "2 chat requests per minute" in refused.text
+        assert (await client.post("/v1/chat/completions", json=QUESTION, headers=alice.headers)).status_code == 429

@@ -22,6 +22,7 @@ from server.chat.services import ChatService
 from server.db.models import Channel, MessageStatus, VoteReason, VoteValue
 from server.feedback.schemas import MAX_COMMENT_CHARS
 from server.feedback.services import AnswerNotFoundError, FeedbackService
+from server.limits import CHAT, FEEDBACK, rate_limited
 from server.ui.controllers.forms import choice, choices, form_of, optional_uuid, text, wants_fragment
 from server.ui.services import AnswerView, Thread, build_thread, next_turn_request
 
@@ -111,7 +112,7 @@ class ChatPageController(Controller):
     ) -> Template:
         return await self._page(request, conversations, feedback, conversation_id, q)
 
-    @post("/turns", status_code=200)
+    @post("/turns", status_code=200, opt=rate_limited(CHAT))
     async def ask(
         self, request: Request[Any, Any, Any], chat_service: ChatService, conversations: ConversationService
     ) -> Response[Any]:
@@ -220,7 +221,7 @@ class AnswerController(Controller):
                 )
         raise NotFoundException(f"No answer {message_id} in this conversation.")
 
-    @post("/feedback", status_code=200)
+    @post("/feedback", status_code=200, opt=rate_limited(FEEDBACK))
     async def vote(
         self,
         request: Request[Any, Any, Any],
@@ -245,7 +246,7 @@ class AnswerController(Controller):
             raise NotFoundException(str(error)) from error
         return await self._answer(request, conversations, feedback, conversation_id, message_id)
 
-    @post("/regenerate", status_code=200)
+    @post("/regenerate", status_code=200, opt=rate_limited(CHAT))
     async def regenerate(
         self,
         request: Request[Any, Any, Any],
