@@ -44,11 +44,15 @@ from tests.live_server import LiveServer, free_port, start_server, stop_server, 
 QUESTIONS = Path(__file__).with_name("quality_questions.json")
 RESULTS = Path(__file__).with_name("results")
 VLLM_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "max_tokens": 512}
-# SmolLM2's model card: low temperature, top_p 0.9. Whether a warmer one or a repetition penalty does better.
-CANDIDATES = [
-    {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.0, "max_tokens": 512},
-    {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1, "max_tokens": 512},
-    {"temperature": 0.5, "top_p": 0.9, "repetition_penalty": 1.0, "max_tokens": 512},
+# SmolLM2's model card: low temperature, top_p 0.9. Then whether a penalty on repeats does better at that
+# temperature: vLLM's repetition penalty also counts the prompt's tokens, the chat template's end-of-turn among them,
+# so it also holds back the end of the answer; OpenAI's frequency and presence penalties count the answer's own.
+CARD = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 512}
+CANDIDATES = [{**CARD, "repetition_penalty": repetition_penalty} for repetition_penalty in (1.0, 1.1, 1.2, 1.3)] + [
+    {"temperature": 0.5, "top_p": 0.9, "repetition_penalty": 1.1, "max_tokens": 512},
+    *({**CARD, "frequency_penalty": penalty} for penalty in (0.2, 0.4)),
+    {**CARD, "presence_penalty": 0.4},
+    {**CARD, "repetition_penalty": 1.1, "frequency_penalty": 0.2},
 ]
 
 
@@ -211,6 +215,7 @@ async def bench(server: LiveServer, args: argparse.Namespace) -> None:
 async def choose(server: LiveServer, args: argparse.Namespace) -> None:
     questions = load("tuning")
     gate = asyncio.Semaphore(args.concurrency)
+    candidates = [CANDIDATES[index] for index in args.candidates] if args.candidates else CANDIDATES
     progress = started_progress("quality-choose")
     direct = (f"{server.vllm_url}/v1/chat/completions", {}, get_settings().base_model_name)
     print(f"# tuning questions {len(questions)} x {args.samples} samples, straight to vLLM")
@@ -219,10 +224,10 @@ async def choose(server: LiveServer, args: argparse.Namespace) -> None:
         answers = await asyncio.gather(
             *(
                 ask_all(client, named(sampling), direct, questions, args.samples, sampling, gate, progress)
-                for sampling in CANDIDATES
+                for sampling in candidates
             )
         )
-    report_choose(dict(zip((named(sampling) for sampling in CANDIDATES), answers, strict=True)))
+    report_choose(dict(zip((named(sampling) for sampling in candidates), answers, strict=True)))
 
 
 def rescore(path: Path) -> None:
@@ -242,6 +247,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3, help="answers per question and setting")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--choose", action="store_true", help="the tuning set at each candidate setting")
+    parser.add_argument(
+        "--candidates", type=lambda text: [int(index) for index in text.split(",")], help="indices into CANDIDATES"
+    )
     parser.add_argument("--rescore", type=Path, help="print the figures of a progress file instead of asking")
     args = parser.parse_args()
     if args.rescore:

@@ -66,7 +66,13 @@ class Settings(BaseSettings):
         None, ge=1, description="max_tokens when the client sends none; empty means the model's (SmolLM2: 512)."
     )
     generation_repetition_penalty: float | None = Field(
-        None, gt=0, le=2, description="vLLM's repetition penalty (1 is none); empty means the model's (SmolLM2: 1)."
+        None, gt=0, le=2, description="vLLM's repetition penalty (1 is none); empty means the model's (SmolLM2: 1.1)."
+    )
+    generation_frequency_penalty: float | None = Field(
+        None,
+        ge=-2,
+        le=2,
+        description="OpenAI's frequency penalty (0 is none); empty means the model's (SmolLM2: 0.2).",
     )
 
     vllm_url: str = Field("", description="External vLLM server URL; empty means Ratchet starts its own.")

@@ -13,7 +13,16 @@ from typing import Any, Protocol
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 Chat = list[dict[str, str]]
 
@@ -24,6 +33,34 @@ class SamplingSettings(Protocol):
     temperature: float
     top_p: float
     repetition_penalty: float
+    frequency_penalty: float
+
+
+class FrequencyPenalty(LogitsProcessor):
+    """OpenAI's frequency penalty as vLLM applies it, which transformers lacks: each token's logit is lowered by
+    `penalty` times the number of times the answer so far used it (the prompt's tokens do not count)."""
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self.penalty = penalty
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        answer = input_ids[:, self.prompt_length :]
+        counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.penalty * counts
+
+
+def sampling_processors(sampling: SamplingSettings, prompt_length: int, sample: bool) -> LogitsProcessorList:
+    """vLLM's order: the penalties on the raw logits, then (when sampling) temperature, then top_p."""
+    penalties: list[LogitsProcessor] = [
+        RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty),
+        FrequencyPenalty(sampling.frequency_penalty, prompt_length),
+    ]
+    if not sample:
+        return LogitsProcessorList(penalties)
+    return LogitsProcessorList(
+        [*penalties, TemperatureLogitsWarper(sampling.temperature), TopPLogitsWarper(sampling.top_p)]
+    )
 
 
 @dataclass(frozen=True)
@@ -85,17 +122,21 @@ class Generator:
             prompts = [{"input_ids": self.prompt_ids(chat)} for chat in chats[start : start + batch]]
             self.tokenizer.padding_side = "left"
             inputs = self.tokenizer.pad(prompts, return_tensors="pt")
+            prompt_length = inputs["input_ids"].shape[1]
+            # Sampling goes through our own processors, in vLLM's order; the neutral values keep transformers from
+            # adding its own (it would otherwise take them from the checkpoint's generation_config.json).
             generated = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
                 do_sample=sample,
-                temperature=sampling.temperature if sample else None,
-                top_p=sampling.top_p if sample else None,
+                temperature=1.0,
+                top_p=1.0,
                 top_k=top_k if sample else None,
-                repetition_penalty=sampling.repetition_penalty if sampling is not None else None,
+                repetition_penalty=1.0,
+                logits_processor=None if sampling is None else sampling_processors(sampling, prompt_length, sample),
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-            for row in generated[:, inputs["input_ids"].shape[1] :].tolist():
+            for row in generated[:, prompt_length:].tolist():
                 out.append(self._completion(row))
         return out
 

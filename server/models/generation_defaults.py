@@ -18,7 +18,8 @@ from typing import Any
 from server.settings import Settings
 
 GENERATION_CONFIG = "generation_config.json"
-# generation_config.json's name for each of our fields (Hugging Face's names; vLLM maps max_new_tokens itself).
+# generation_config.json's name for each of our fields that has one (Hugging Face's names; vLLM maps max_new_tokens
+# itself). transformers has no frequency penalty, so it lives in the app's defaults and settings only.
 _CONFIG_NAMES = {
     "temperature": "temperature",
     "top_p": "top_p",
@@ -32,26 +33,36 @@ class GenerationDefaults:
     temperature: float
     top_p: float
     max_tokens: int
-    # 1.0 is none.
+    # vLLM's: divides the logit of every token seen in the prompt or the answer; 1.0 is none.
     repetition_penalty: float = 1.0
+    # OpenAI's: lowers a token's logit by this much per use in the answer so far (the prompt does not count); 0 is none.
+    frequency_penalty: float = 0.0
 
     def sampling(self) -> dict[str, Any]:
-        """As fields of an OpenAI-style chat request. The repetition penalty is a vLLM extension, sent only when
-        it does something, so that the defaults also work against other OpenAI-compatible servers."""
+        """As fields of an OpenAI-style chat request. The penalties are sent only when they do something: the
+        repetition penalty is a vLLM extension, which other OpenAI-compatible servers may refuse."""
         fields = asdict(self)
         if self.repetition_penalty == 1.0:
             del fields["repetition_penalty"]
+        if self.frequency_penalty == 0.0:
+            del fields["frequency_penalty"]
         return fields
 
     def generation_config(self) -> dict[str, Any]:
         """As ``generation_config.json`` fields. ``do_sample`` because transformers is greedy without it."""
-        return {"do_sample": True, **{_CONFIG_NAMES[name]: value for name, value in asdict(self).items()}}
+        fields = asdict(self)
+        return {"do_sample": True, **{key: fields[name] for name, key in _CONFIG_NAMES.items()}}
 
 
 # SmolLM2-135M-Instruct: its model card recommends a low temperature and top_p 0.9. At vLLM's neutral 1.0/1.0 it
-# writes word salad within a paragraph. These are the card's values; bench/quality.py measures them on held-out
-# questions, and its `--choose` compares them with a warmer setting and a repetition penalty on a separate set.
-RECOMMENDED = GenerationDefaults(temperature=0.2, top_p=0.9, max_tokens=512, repetition_penalty=1.0)
+# writes word salad within a paragraph; at the card's values alone it falls into repetition loops (a third of the
+# answers of bench/quality.py's tuning set). Of the nine settings `bench/quality.py --choose` compared on that set,
+# the card's plus a light repetition penalty and a light frequency penalty looped least without rambling (a
+# stronger repetition penalty also holds back the end-of-turn token, which the prompt contains). The held-out
+# set, never used to choose, is what the README reports.
+RECOMMENDED = GenerationDefaults(
+    temperature=0.2, top_p=0.9, max_tokens=512, repetition_penalty=1.1, frequency_penalty=0.2
+)
 
 
 def setting_overrides(settings: Settings) -> dict[str, Any]:
@@ -60,6 +71,7 @@ def setting_overrides(settings: Settings) -> dict[str, Any]:
         "top_p": settings.generation_top_p,
         "max_tokens": settings.generation_max_tokens,
         "repetition_penalty": settings.generation_repetition_penalty,
+        "frequency_penalty": settings.generation_frequency_penalty,
     }
     return {name: value for name, value in values.items() if value is not None}
 

@@ -70,7 +70,8 @@ def test_each_setting_overrides_its_default(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("RATCHET_GENERATION_TOP_P", "0.8")
     monkeypatch.setenv("RATCHET_GENERATION_MAX_TOKENS", "200")
     monkeypatch.setenv("RATCHET_GENERATION_REPETITION_PENALTY", "1.15")
-    assert served_defaults(Settings(base_model=model)) == GenerationDefaults(0.3, 0.8, 200, 1.15)
+    monkeypatch.setenv("RATCHET_GENERATION_FREQUENCY_PENALTY", "0")
+    assert served_defaults(Settings(base_model=model)) == GenerationDefaults(0.3, 0.8, 200, 1.15, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -82,10 +83,31 @@ def test_out_of_range_generation_settings_are_refused(name: str, value: float) -
         Settings(**{f"generation_{name}": value})
 
 
-def test_the_repetition_penalty_is_sent_only_when_it_does_something() -> None:
-    # It is a vLLM extension: other OpenAI-compatible servers may refuse a field they do not know.
-    assert "repetition_penalty" not in GenerationDefaults(0.2, 0.9, 512, 1.0).sampling()
-    assert GenerationDefaults(0.2, 0.9, 512, 1.1).sampling()["repetition_penalty"] == 1.1
+def test_the_penalties_are_sent_only_when_they_do_something() -> None:
+    # The repetition penalty is a vLLM extension: other OpenAI-compatible servers may refuse a field they do not know.
+    assert GenerationDefaults(0.2, 0.9, 512, 1.0, 0.0).sampling() == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 512,
+    }
+    assert GenerationDefaults(0.2, 0.9, 512, 1.1, 0.2).sampling() == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 512,
+        "repetition_penalty": 1.1,
+        "frequency_penalty": 0.2,
+    }
+
+
+def test_the_frequency_penalty_stays_out_of_generation_config_which_has_no_such_field() -> None:
+    config = GenerationDefaults(0.2, 0.9, 512, 1.1, 0.2).generation_config()
+    assert config == {
+        "do_sample": True,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_new_tokens": 512,
+        "repetition_penalty": 1.1,
+    }
 
 
 @pytest.fixture
