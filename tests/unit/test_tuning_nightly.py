@@ -182,7 +182,7 @@ def store(tmp_path: Path) -> Iterator[tuple[Settings, dict[str, str]]]:
 
 def tune(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tuning", command], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "tuning", command], env=env, cwd=REPO, capture_output=True, text=True, timeout=1500
     )
 
 
