@@ -5,7 +5,9 @@ Starts a real `ratchet serve` (which supervises its own vLLM) on a scratch data 
   * time-to-first-token overhead of the API (sequential, alternating direct/API requests),
   * single-stream decode speed through the API.
 Guardrails are off unless --rails is given: this measures the serving path itself; bench/rails.py measures
-what the rails add on top. Prints one line per figure, e.g. `ratio throughput_api_vs_vllm 0.97`.
+what the rails add on top. Both paths get the same sampling, sent explicitly: greedy, with the served defaults'
+penalties (the API would fill them in, vLLM would not know the frequency penalty), so the ratio is the API's cost
+alone. Prints one line per figure, e.g. `ratio throughput_api_vs_vllm 0.97`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.stats import p95
+from server.models.generation_defaults import served_defaults
 from server.settings import get_settings
 from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
 
@@ -59,6 +62,7 @@ async def stream_chat(
     body = {
         "model": model,
         "messages": messages_for(index),
+        **served_defaults(get_settings()).sampling(),
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
