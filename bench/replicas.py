@@ -113,7 +113,14 @@ def main() -> None:
             wait_until_ready(router, "/health", 120)
             data_dir = work / f"app-{name}"
             app = start_app(
-                router.url, f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}", model, data_dir, f"app-{name}"
+                router.url,
+                f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}",
+                model,
+                data_dir,
+                f"app-{name}",
+                classifier_from=get_settings().data_dir,
+                # One bench user sends every chat: the per-user limit (30 a minute) would refuse most of them.
+                settings={"RATCHET_RATE_LIMIT_CHAT_PER_MINUTE": "0"},
             )
             others.append(app)
             wait_until_ready(app, "/readyz", 300)

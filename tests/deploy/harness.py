@@ -141,11 +141,12 @@ def start_app(
     data_dir: Path,
     name: str = "app",
     classifier_from: Path | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Process:
     """ratchet.service: ExecStartPre (`ratchet db upgrade`), then ExecStart (`ratchet serve`). The site-specific
-    settings are overridden; everything else comes from deploy/env/ratchet.env as installed. `classifier_from` is
-    a data dir whose fitted jailbreak classifier is copied in, as `ratchet rails check` ahead of a first start would
-    have fitted it (deploy/README.md)."""
+    settings are overridden, and `settings` on top; everything else comes from deploy/env/ratchet.env as installed.
+    `classifier_from` is a data dir whose fitted jailbreak classifier is copied in, as `ratchet rails check` ahead of
+    a first start would have fitted it (deploy/README.md)."""
     if classifier_from is not None:
         seed_classifier(classifier_from, data_dir)
     port = free_port()
@@ -160,6 +161,7 @@ def start_app(
             "RATCHET_VLLM_URL": vllm_url,
             "RATCHET_DATABASE_URL": database_url,
             "RATCHET_BASE_MODEL": str(model_dir),
+            **(settings or {}),
         },
     )
     log = data_dir / f"{name}.log"
