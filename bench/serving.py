@@ -56,13 +56,24 @@ def messages_for(index: int) -> list[dict[str, str]]:
     return [SYSTEM, {"role": "user", "content": f"Write a long, detailed essay about {TOPICS[index % len(TOPICS)]}."}]
 
 
+# What the served penalties cost vLLM, measured beside them: the same requests with both penalties off.
+NO_PENALTIES = {"repetition_penalty": 1.0, "frequency_penalty": 0.0}
+
+
 async def stream_chat(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], model: str, index: int, max_tokens: int
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    model: str,
+    index: int,
+    max_tokens: int,
+    overrides: dict[str, float] | None = None,
 ) -> StreamResult:
     body = {
         "model": model,
         "messages": messages_for(index),
         **served_defaults(get_settings()).sampling(),
+        **(overrides or {}),
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -95,11 +106,17 @@ class Targets:
         self.api = (f"{server.base_url}/v1/chat/completions", server.headers(), "ratchet")
 
 
-async def throughput(client: httpx.AsyncClient, target: tuple, concurrency: int, max_tokens: int) -> float:
+async def throughput(
+    client: httpx.AsyncClient,
+    target: tuple,
+    concurrency: int,
+    max_tokens: int,
+    overrides: dict[str, float] | None = None,
+) -> float:
     url, headers, model = target
     started = time.perf_counter()
     results = await asyncio.gather(
-        *(stream_chat(client, url, headers, model, index, max_tokens) for index in range(concurrency))
+        *(stream_chat(client, url, headers, model, index, max_tokens, overrides) for index in range(concurrency))
     )
     return sum(result.tokens for result in results) / (time.perf_counter() - started)
 
@@ -110,11 +127,15 @@ async def run(server: LiveServer, args: argparse.Namespace) -> None:
         for target in (targets.direct, targets.api):  # warm both paths
             await throughput(client, target, 4, 16)
 
-        direct_rates, api_rates = [], []
+        direct_rates, api_rates, plain_rates = [], [], []
         for _ in range(args.rounds):
             direct_rates.append(await throughput(client, targets.direct, args.concurrency, args.max_tokens))
             api_rates.append(await throughput(client, targets.api, args.concurrency, args.max_tokens))
+            plain_rates.append(
+                await throughput(client, targets.direct, args.concurrency, args.max_tokens, NO_PENALTIES)
+            )
         direct_rate, api_rate = statistics.mean(direct_rates), statistics.mean(api_rates)
+        plain_rate = statistics.mean(plain_rates)
 
         overheads, direct_ttfts = [], []
         for index in range(args.ttft_samples):
@@ -134,6 +155,8 @@ async def run(server: LiveServer, args: argparse.Namespace) -> None:
     print(f"throughput_tok_s_vllm {direct_rate:.1f}")
     print(f"throughput_tok_s_api {api_rate:.1f}")
     print(f"ratio throughput_api_vs_vllm {api_rate / direct_rate:.3f}")
+    print(f"throughput_tok_s_vllm_no_penalties {plain_rate:.1f}")
+    print(f"ratio throughput_served_penalties_vs_none {direct_rate / plain_rate:.3f}")
     print(f"ttft_ms_p50_vllm {statistics.median(direct_ttfts):.1f}")
     print(f"ttft_overhead_ms_p50 {statistics.median(overheads):.1f}")
     print(f"ttft_overhead_ms_p95 {p95(overheads):.1f}")
