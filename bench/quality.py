@@ -14,7 +14,9 @@ both under Ratchet's system prompt. Prints one line per figure:
 and the ratios ratchet vs vllm_defaults.
 
 `--choose` runs the tuning set instead (never the held-out one) at each candidate setting, straight to vLLM, which is
-how the served defaults in server/models/generation_defaults.py were chosen. Every answer is kept in
+how the served defaults in server/models/generation_defaults.py were chosen; `--facts` asks, at each candidate setting,
+questions whose answer only the system prompt gives and prints how often the answer repeats it (a repetition penalty
+that counts the prompt's tokens holds that back). Every answer is kept in
 bench/results/*-progress.jsonl as it comes; `--rescore FILE` prints the figures of such a file again.
 
 Run: `nice -n 10 .venv/bin/python bench/quality.py` (about 10 minutes on the quiet 2-core box).
@@ -47,13 +49,41 @@ VLLM_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "m
 # SmolLM2's model card: low temperature, top_p 0.9. Then whether a penalty on repeats does better at that
 # temperature: vLLM's repetition penalty also counts the prompt's tokens, the chat template's end-of-turn among them,
 # so it also holds back the end of the answer; OpenAI's frequency and presence penalties count the answer's own.
-CARD = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 512}
+CARD = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 512, "repetition_penalty": 1.0}
 CANDIDATES = [{**CARD, "repetition_penalty": repetition_penalty} for repetition_penalty in (1.0, 1.1, 1.2, 1.3)] + [
     {"temperature": 0.5, "top_p": 0.9, "repetition_penalty": 1.1, "max_tokens": 512},
     *({**CARD, "frequency_penalty": penalty} for penalty in (0.2, 0.4)),
     {**CARD, "presence_penalty": 0.4},
     {**CARD, "repetition_penalty": 1.1, "frequency_penalty": 0.2},
 ]
+
+
+# Facts only the system prompt gives, and the answer must repeat: a company assistant's system prompt carries them,
+# and a penalty that counts the prompt's tokens (vLLM's repetition penalty) keeps the model from copying them.
+FACTS = [
+    (
+        "You are a helpful assistant. The support contact is alice.smith@example.com.",
+        "What is the support contact e-mail address?",
+        "alice.smith@example.com",
+    ),
+    (
+        "You are Ratchet, the assistant of Northwind Traders. Our product is Northwind Ledger, an accounting tool. "
+        "The IT helpdesk is at extension 4711.",
+        "What is the IT helpdesk extension?",
+        "4711",
+    ),
+    (
+        "You are Ratchet, the assistant of Northwind Traders. Our product is Northwind Ledger, an accounting tool.",
+        "What is our product called?",
+        "Northwind Ledger",
+    ),
+    (
+        "You are Ratchet. The office Wi-Fi network is called NW-Guest and its password is bluefalcon42.",
+        "What is the Wi-Fi password?",
+        "bluefalcon42",
+    ),
+]
+FACT_SEEDS = 4
 
 
 @dataclass
@@ -230,6 +260,25 @@ async def choose(server: LiveServer, args: argparse.Namespace) -> None:
     report_choose(dict(zip((named(sampling) for sampling in candidates), answers, strict=True)))
 
 
+async def facts(server: LiveServer, args: argparse.Namespace) -> None:
+    """How often each candidate setting repeats a fact only the system prompt gives (FACTS, FACT_SEEDS seeds each)."""
+    candidates = [CANDIDATES[index] for index in args.candidates] if args.candidates else CANDIDATES
+    url, model = f"{server.vllm_url}/v1/chat/completions", get_settings().base_model_name
+    async with httpx.AsyncClient(timeout=3600) as client:
+
+        async def copied(sampling: dict[str, Any], system: str, question: str, fact: str, seed: int) -> bool:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            body = {"model": model, "messages": messages, **sampling, "max_tokens": 40, "seed": seed}
+            reply = await post(client, url, body, {})
+            return fact.lower() in (reply["choices"][0]["message"]["content"] or "").lower()
+
+        for sampling in candidates:
+            hits = await asyncio.gather(
+                *(copied(sampling, *fact, seed) for fact in FACTS for seed in range(FACT_SEEDS))
+            )
+            print(f"copied_fact_rate[{named(sampling)}] {sum(hits) / len(hits):.3f} ({sum(hits)} of {len(hits)})")
+
+
 def rescore(path: Path) -> None:
     """Figures from a progress file, with today's definitions (a run cut short, or a changed degenerate check)."""
     runs: dict[str, list[Answer]] = {}
@@ -247,6 +296,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3, help="answers per question and setting")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--choose", action="store_true", help="the tuning set at each candidate setting")
+    parser.add_argument(
+        "--facts", action="store_true", help="how often each candidate setting repeats a fact the system prompt gives"
+    )
     parser.add_argument(
         "--candidates", type=lambda text: [int(index) for index in text.split(",")], help="indices into CANDIDATES"
     )
@@ -276,7 +328,9 @@ def main() -> None:
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)
             wait_ready(server, 900)
-            asyncio.run(choose(server, args) if args.choose else bench(server, args))
+            asyncio.run(
+                choose(server, args) if args.choose else facts(server, args) if args.facts else bench(server, args)
+            )
         finally:
             stop_server(server)
     print(f"# answers in {RESULTS}/{'quality-choose' if args.choose else 'quality'}-progress.jsonl")

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # Generation defaults for what a client leaves out (server/models/generation_defaults.py); empty means the
     # model's own: its generation_config.json, which `ratchet model prepare` fills for SmolLM2.
     generation_temperature: float | None = Field(
-        None, ge=0, le=2, description="Temperature when the client sends none; empty means the model's (SmolLM2: 0.2)."
+        None, ge=0, le=2, description="Temperature when the client sends none; empty means the model's (SmolLM2: 0.4)."
     )
     generation_top_p: float | None = Field(
         None, gt=0, le=1, description="top_p when the client sends none; empty means the model's (SmolLM2: 0.9)."
@@ -66,13 +66,13 @@ class Settings(BaseSettings):
         None, ge=1, description="max_tokens when the client sends none; empty means the model's (SmolLM2: 512)."
     )
     generation_repetition_penalty: float | None = Field(
-        None, gt=0, le=2, description="vLLM's repetition penalty (1 is none); empty means the model's (SmolLM2: 1.1)."
+        None, gt=0, le=2, description="vLLM's repetition penalty (1 is none); empty means the model's (SmolLM2: 1)."
     )
     generation_frequency_penalty: float | None = Field(
         None,
         ge=-2,
         le=2,
-        description="OpenAI's frequency penalty (0 is none); empty means the model's (SmolLM2: 0.2).",
+        description="OpenAI's frequency penalty (0 is none); empty means the model's (SmolLM2: 0.4).",
     )
 
     vllm_url: str = Field("", description="External vLLM server URL; empty means Ratchet starts its own.")

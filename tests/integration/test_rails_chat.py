@@ -56,7 +56,16 @@ def rails_server(
 
 def chat(server: LiveServer, content: str, system: str | None = None, **extra: object) -> httpx.Response:
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-    body = {"messages": messages, "temperature": 0, "max_tokens": 40, **extra}
+    # Greedy and without penalties: these tests need the model to repeat what it was given verbatim, whatever the
+    # served defaults are (a repetition penalty counts the prompt's tokens and keeps it from copying them).
+    body = {
+        "messages": messages,
+        "temperature": 0,
+        "max_tokens": 40,
+        "repetition_penalty": 1.0,
+        "frequency_penalty": 0.0,
+        **extra,
+    }
     return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers(), timeout=120)
 
 

@@ -76,8 +76,13 @@ def peft_greedy(path: Path, messages: list[dict[str, str]], max_new_tokens: int)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False)
+        # Plain greedy: not the penalties the checkpoint's generation_config.json may name.
+        out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), ids.shape[1] + 4
+
+
+# Compared with HF PEFT's plain greedy answer, so without the served defaults' penalties.
+PLAIN_GREEDY = {"temperature": 0, "repetition_penalty": 1.0, "frequency_penalty": 0.0}
 
 
 async def chat(client: httpx.AsyncClient, token: str, **fields: object) -> dict:
@@ -153,7 +158,7 @@ async def test_a_soft_prompt_version_answers_through_the_api_as_peft_would(
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "active"
         for _ in range(30):  # the router picks the new active version up within RATCHET_MODEL_SYNC_INTERVAL_S
-            answer = await chat(client, live_server.user_token, temperature=0, max_tokens=GREEDY_TOKENS)
+            answer = await chat(client, live_server.user_token, max_tokens=GREEDY_TOKENS, **PLAIN_GREEDY)
             if answer["model"] == NAME:
                 break
             await asyncio.sleep(0.5)
