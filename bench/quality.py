@@ -333,7 +333,8 @@ def main() -> None:
             )
         finally:
             stop_server(server)
-    print(f"# answers in {RESULTS}/{'quality-choose' if args.choose else 'quality'}-progress.jsonl")
+    if not args.facts:
+        print(f"# answers in {RESULTS}/{'quality-choose' if args.choose else 'quality'}-progress.jsonl")
 
 
 if __name__ == "__main__":
