@@ -60,8 +60,8 @@ class GenerationDefaults:
 # repetition penalty of 1.1 with a frequency penalty of 0.2 looped least, but vLLM's repetition penalty also counts
 # the prompt's tokens: with it the model repeated a fact the system prompt gives (an e-mail address, an extension
 # number, a product name, a password) in 6 of 16 probes, against 13 with no penalty (`--facts`). OpenAI's frequency
-# penalty counts the answer's own tokens only; at 0.4 it looped second least and repeated the fact in 13 of 16. The held-out set, never used to
-# choose, is what the README reports.
+# penalty counts the answer's own tokens only; at 0.4 it looped second least and repeated the fact in 13 of 16.
+# The held-out set, never used to choose, is what the README reports.
 RECOMMENDED = GenerationDefaults(
     temperature=0.2, top_p=0.9, max_tokens=512, repetition_penalty=1.0, frequency_penalty=0.4
 )
