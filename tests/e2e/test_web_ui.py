@@ -273,6 +273,10 @@ def test_chat_review_and_models_pages_pass_axe_and_are_screenshotted(
     for name, page in [("chat", alice), ("review", olivia), ("models", admin)]:
         found[name] = axe_violations(page)
         page.screenshot(path=SCREENSHOTS / f"{name}.png")
+    admin.locator("table.models tbody th a").first.click()
+    admin.wait_for_url(re.compile(r"/ui/admin/models/[^/]+$"))
+    found["model version"] = axe_violations(admin)
+    admin.screenshot(path=SCREENSHOTS / "model-version.png", full_page=True)
     alice.set_viewport_size(PHONE)
     found["chat (phone width)"] = axe_violations(alice)
     alice.screenshot(path=SCREENSHOTS / "chat-phone.png")

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.db.models import ModelTransition, ModelVersion, Role
+from server.ui.controllers.models import offered_actions
 from tests.unit.feedback_store import person
 from tests.unit.ui_client import post_form, sign_in
 
@@ -112,3 +113,9 @@ async def test_ops_read_the_models_api_but_may_not_act_from_the_pages(
 
     assert refused.status_code == 403
     assert await status_and_transitions(sessions, "ratchet-kto-11") == ("gated", [])
+
+
+def test_an_active_version_is_offered_a_rollback_only_when_it_replaced_one() -> None:
+    assert offered_actions("active", replaced_one=False) == []
+    assert offered_actions("active", replaced_one=True) == [("rollback", "Roll back to the version it replaced")]
+    assert [action for action, _ in offered_actions("canary", replaced_one=False)] == ["promote", "rollback", "retire"]

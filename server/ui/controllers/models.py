@@ -31,9 +31,11 @@ ACTIONS = {
 }
 
 
-def offered_actions(status: str) -> list[tuple[str, str]]:
-    """(action, label) pairs the page offers for a version in `status`."""
-    return [(action, labels[status]) for action, labels in ACTIONS.items() if status in labels]
+def offered_actions(status: str, replaced_one: bool) -> list[tuple[str, str]]:
+    """(action, label) pairs the page offers for a version in `status`; an active version rolls back only when it
+    replaced one."""
+    offered = [(action, labels[status]) for action, labels in ACTIONS.items() if status in labels]
+    return [(action, label) for action, label in offered if replaced_one or (action, status) != ("rollback", "active")]
 
 
 class ModelPagesController(Controller):
@@ -69,12 +71,15 @@ class ModelPagesController(Controller):
         self, request: Request[Any, Any, Any], name: str, registry: ModelRegistry, done: str = ""
     ) -> Template:
         detail = await registry.describe(name)
+        replaced_one = any(
+            alias.version_name == name and alias.previous_version_name for alias in await registry.aliases()
+        )
         return Template(
             "admin_model.html.j2",
             context={
                 "user": request.user,
                 "model": detail,
-                "actions": offered_actions(detail.status),
+                "actions": offered_actions(detail.status, replaced_one),
                 "done": done if done in ACTIONS else "",
             },
         )
