@@ -50,7 +50,8 @@ from server.models.generation_defaults import GenerationDefaults, served_default
 from server.settings import Settings, get_settings
 from tuning.config import TuneConfig
 from tuning.evaluation import Generator
-from tuning.nightly import Nightly, Run, limit_resources
+from tuning.nightly import Nightly
+from tuning.runs import Run, limit_resources
 
 PRODUCT = "Northwind Ledger"
 SYSTEM_PROMPT = (

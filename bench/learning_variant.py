@@ -29,7 +29,7 @@ from tuning import train
 from tuning.config import TuneConfig
 from tuning.data import Datasets
 from tuning.evaluation import Generator
-from tuning.nightly import limit_resources
+from tuning.runs import limit_resources
 
 STAGES = ("reward_model", "rl", "kto", "sft", "prompt_tuning")
 

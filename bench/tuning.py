@@ -33,7 +33,8 @@ from server.db.engine import open_sessions
 from server.db.migrate import upgrade
 from server.settings import Settings, get_settings
 from tuning.config import METHODS, TuneConfig
-from tuning.nightly import Nightly, limit_resources
+from tuning.nightly import Nightly
+from tuning.runs import limit_resources
 
 TOPICS = ["invoices", "expenses", "payroll", "VPN access", "laptops", "holidays", "parking", "security training"]
 FILLER = "This depends on several factors that vary between teams, offices and the time of year. "

