@@ -6,22 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get, post
-from litestar.datastructures import State
 from litestar.di import Provide
 
 from server.auth.guards import requires_role
 from server.db.models import Role
+from server.models.dependencies import provide_lifecycle, provide_registry
 from server.models.lifecycle import ModelLifecycle
 from server.models.registry import ModelRegistry
 from server.models.schemas import ActionInput, ModelDetail, ModelList, PinInput
-
-
-def provide_registry(state: State) -> ModelRegistry:
-    return state.registry
-
-
-def provide_lifecycle(state: State) -> ModelLifecycle:
-    return state.lifecycle
 
 
 def _admin(request: Request[Any, Any, Any]) -> str:

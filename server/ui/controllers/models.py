@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get, post
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import ClientException
 from litestar.response import Redirect, Template
 
 from server.auth.guards import requires_role
 from server.db.models import Role
+from server.models.dependencies import provide_lifecycle, provide_registry
 from server.models.lifecycle import ModelLifecycle
 from server.models.registry import ModelRegistry
 from server.tuning_runs.services import TuningRunService
@@ -29,14 +29,6 @@ ACTIONS = {
     "rollback": {"canary": "Roll the canary back", "active": "Roll back to the version it replaced"},
     "retire": {"gated": "Retire", "canary": "Retire"},
 }
-
-
-def provide_registry(state: State) -> ModelRegistry:
-    return state.registry
-
-
-def provide_lifecycle(state: State) -> ModelLifecycle:
-    return state.lifecycle
 
 
 def offered_actions(status: str, replaced_one: bool) -> list[tuple[str, str]]:
