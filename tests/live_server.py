@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.db.models import Message
+from server.settings import Settings
 from tests.unit.rails_fixtures import seed_classifier
 
 
@@ -45,16 +46,32 @@ class LiveServer:
     def headers(self, token: str | None = None) -> dict[str, str]:
         return {"authorization": f"Bearer {token or self.user_token}"}
 
-    def vllm_process(self) -> psutil.Process | None:
-        """The vLLM API server process the app supervises (None while it is down)."""
+    def vllm_process(self, served_name: str | None = None) -> psutil.Process | None:
+        """The vLLM API server process the app supervises that serves `served_name` (by default the main one, which
+        serves the base model), None while it is down."""
+        default_name = Settings.model_fields["base_model_name"].default
+        wanted = served_name or self.env.get("RATCHET_BASE_MODEL_NAME") or default_name
+        return self.vllm_processes().get(wanted)
+
+    def vllm_processes(self) -> dict[str, psutil.Process]:
+        """Every vLLM API server the app supervises, by the name it serves (the main one, and one per LoRA version
+        served merged)."""
+        found: dict[str, psutil.Process] = {}
         for child in psutil.Process(self.process.pid).children(recursive=True):
             try:
-                command = " ".join(child.cmdline())
+                command = child.cmdline()
             except psutil.Error:
                 continue
-            if "vllm.entrypoints.openai.api_server" in command:
-                return child
-        return None
+            if "vllm.entrypoints.openai.api_server" in command and "--served-model-name" in command:
+                found[command[command.index("--served-model-name") + 1]] = child
+        return found
+
+    def vllm_urls(self) -> list[str]:
+        urls = []
+        for process in self.vllm_processes().values():
+            command = process.cmdline()
+            urls.append(f"http://127.0.0.1:{command[command.index('--port') + 1]}")
+        return urls
 
     def create_user(self, name: str, role: str = "user") -> str:
         return ratchet(self.env, "users", "create", name, "--role", role)

@@ -8,6 +8,7 @@ rails, storage and canary attribution are the turn's, as for any other version."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from server.chat.turns import Generation
@@ -20,17 +21,27 @@ _CHAT_ONLY = ("model", "messages")
 
 
 class Generator:
-    def __init__(self, engine: EngineClient, router: ModelRouter, soft_prompts: SoftPrompts) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        router: ModelRouter,
+        soft_prompts: SoftPrompts,
+        own_engine: Callable[[str], EngineClient | None] | None = None,
+    ) -> None:
+        """`own_engine(version)`: the engine serving that version alone (a LoRA version served merged), if any;
+        every other version is asked of `engine`."""
         self._engine = engine
         self._router = router
         self._soft_prompts = soft_prompts
+        self._own_engine = own_engine
 
     async def generate(self, route: Route, payload: dict[str, Any], stream: bool) -> Generation:
         version = self._router.soft_prompt(route.version)
         if version is None:
+            engine = (self._own_engine(route.version) if self._own_engine else None) or self._engine
             if stream:
-                return await self._engine.open_chat_stream(payload)
-            return await self._engine.chat(payload)
+                return await engine.open_chat_stream(payload)
+            return await engine.chat(payload)
         embeds = await self._soft_prompts.prompt_embeds(version, payload["messages"])
         request = completion_request(payload, self._soft_prompts.base_model_name, embeds)
         if stream:

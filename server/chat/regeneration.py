@@ -35,6 +35,7 @@ class RegenerationService:
         rails: RailsRegistry | None = None,
         served_sampling: Mapping[str, Any] | None = None,
         soft_prompts: SoftPrompts | None = None,
+        own_engine: Callable[[str], EngineClient | None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._turns = turns
@@ -44,7 +45,7 @@ class RegenerationService:
         self._rails = rails
         self._served_sampling = dict(served_sampling or {})
         # Without the soft prompts' embeddings, every version is asked for as a chat completion.
-        self._generator = Generator(engine, router, soft_prompts) if soft_prompts is not None else None
+        self._generator = Generator(engine, router, soft_prompts, own_engine) if soft_prompts is not None else None
 
     async def regenerate(self, principal: Principal, message_id: UUID) -> Message:
         """A new answer to a stored answer's exact context (system prompt included), stored as its sibling:

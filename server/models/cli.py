@@ -16,9 +16,11 @@ from rich.table import Table
 
 from server.db.engine import open_sessions
 from server.engine.client import EngineClient
+from server.engine.launcher import serves_lora_merged
 from server.exceptions import RatchetError
 from server.models.lifecycle import ModelLifecycle
 from server.models.loading import AdapterLoader
+from server.models.merged_serving import MergedVersions
 from server.models.registry import ModelRegistry
 from server.settings import get_settings
 
@@ -29,9 +31,12 @@ T = TypeVar("T")
 async def _services() -> AsyncIterator[tuple[ModelRegistry, ModelLifecycle]]:
     settings = get_settings()
     engine = EngineClient(settings.engine_url, settings.vllm_request_timeout_s)
+    # Served merged, the CLI merges a version on its way in; the running app starts its engine (a process of its own).
+    merged = MergedVersions(settings, fleet=None) if serves_lora_merged(settings) else None
     try:
         async with open_sessions(settings) as sessions:
-            yield ModelRegistry(sessions, settings), ModelLifecycle(sessions, settings, AdapterLoader([engine]))
+            loader = AdapterLoader([engine], merged=merged)
+            yield ModelRegistry(sessions, settings), ModelLifecycle(sessions, settings, loader)
     finally:
         await engine.close()
 

@@ -22,6 +22,7 @@ from server.models.arms import read_canary
 from server.models.artefacts import ArtefactChangedError
 from server.models.canary import CanaryPolicy
 from server.models.loading import AdapterLoader
+from server.models.merging import MergeError
 from server.models.transitions import (
     ALLOWED,
     PINNABLE,
@@ -100,7 +101,8 @@ class ModelLifecycle:
                     "back first"
                 )
             await check_headroom(session, version, self._settings.vllm_max_loras)
-        await self._load(version, actor)
+        # The canary's users get it once it is loaded (the router routes only to what is): no need to wait here.
+        await self._load(version, actor, wait_ready=False)
         async with self._sessions.begin() as session:
             started = await session.execute(
                 update(ModelAlias)
@@ -286,12 +288,13 @@ class ModelLifecycle:
 
     # Helpers ---------------------------------------------------------------------------------------------------------
 
-    async def _load(self, version: ModelVersion, actor: str) -> None:
-        """Into every engine before anyone is routed to it; vLLM refusing it (or its files having changed) marks
-        a version on its way in failed. vLLM being down changes nothing (EngineUnavailableError, a 503)."""
+    async def _load(self, version: ModelVersion, actor: str, wait_ready: bool = True) -> None:
+        """Into every engine before anyone is routed to it; vLLM refusing it (or its files having changed, or a
+        merge failing) marks a version on its way in failed. vLLM being down changes nothing (EngineUnavailableError,
+        a 503)."""
         try:
-            await self.loader.load(version)
-        except (EngineRejectedError, ArtefactChangedError) as error:
+            await self.loader.load(version, wait_ready=wait_ready)
+        except (EngineRejectedError, ArtefactChangedError, MergeError) as error:
             if S.FAILED not in ALLOWED[S(version.status)]:
                 raise LoadRefusedError(f"{version.name} could not be loaded: {error}") from error
             await self._mark_failed(version, str(error), actor)

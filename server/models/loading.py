@@ -15,6 +15,7 @@ from server.engine.client import EngineClient
 from server.engine.replicas import Replicas
 from server.exceptions import UnavailableError
 from server.models.artefacts import verify_hashes
+from server.models.merged_serving import MergedVersions
 from server.system import metrics
 
 log = logging.getLogger("ratchet.models")
@@ -25,21 +26,31 @@ class NoEngineError(UnavailableError):
 
 
 class AdapterLoader:
-    def __init__(self, engines: Sequence[EngineClient], replicas: Replicas | None = None) -> None:
+    def __init__(
+        self, engines: Sequence[EngineClient], replicas: Replicas | None = None, merged: MergedVersions | None = None
+    ) -> None:
+        """`merged`: LoRA versions are served merged, each by an engine of its own, instead of loaded into these."""
         self.engines = list(engines)
         self._replicas = replicas
+        self.merged = merged
 
     async def refresh_engines(self) -> None:
         """Re-read the replica list (a replica set behind a router can grow, shrink or move)."""
         if self._replicas is not None:
             self.engines = await self._replicas.current()
 
-    async def load(self, version: ModelVersion, engines: Sequence[EngineClient] | None = None) -> None:
-        """Load a LoRA version into the given engines (all by default); the base needs nothing, and neither does a
-        soft prompt in vLLM (the app sends it with each request as prompt embeddings: server/models/soft_prompts.py)
-        beyond its files' hashes. Raises before anything is loaded when the artefact changed, and
+    async def load(
+        self, version: ModelVersion, engines: Sequence[EngineClient] | None = None, wait_ready: bool = True
+    ) -> None:
+        """Load a LoRA version into the given engines (all by default), or, served merged, start its own engine
+        (waited for with `wait_ready`); the base needs nothing, and neither does a soft prompt in vLLM (the app
+        sends it with each request as prompt embeddings: server/models/soft_prompts.py) beyond its files' hashes.
+        Raises before anything is loaded when the artefact changed, MergeError when it cannot be merged, and
         EngineUnavailableError / EngineRejectedError from vLLM."""
         if version.kind == ModelKind.BASE:
+            return
+        if version.kind == ModelKind.LORA and self.merged is not None:
+            await self.merged.load(version, wait_ready)
             return
         if version.kind == ModelKind.PROMPT_TUNING:
             assert version.adapter_path is not None

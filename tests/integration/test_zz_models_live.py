@@ -1,7 +1,8 @@
 """The model registry end to end on the real vLLM: a LoRA trained-shape adapter made with PEFT on the served base
-is registered, gated, loaded into vLLM as a canary; about 100 users see the configured share, each exactly as the
-sticky split says; votes through the feedback API make the live canary promote one candidate and roll back
-another (which then leaves vLLM); vLLM is killed and the app re-loads the live adapter before routing to it.
+is registered, gated and served as a canary (merged into a vLLM of its own where the app serves LoRA merged); about
+100 users see the configured share, each exactly as the sticky split says; votes through the feedback API make the
+live canary promote one candidate and roll back another (which then leaves vLLM); the vLLM serving the active
+version is killed and the app serves it again before routing to it.
 
 Named to run last: it changes the alias's active version and restarts the session's vLLM."""
 
@@ -115,8 +116,25 @@ async def wait_for(client: httpx.AsyncClient, admin: str, name: str, status: str
 
 
 async def served_by_vllm(server: LiveServer) -> set[str]:
-    async with httpx.AsyncClient(base_url=server.vllm_url, timeout=10) as client:
-        return {model["id"] for model in (await client.get("/v1/models")).json()["data"]}
+    """What the app's vLLM servers serve: the main one, and each merged version's own (RATCHET_SERVE_LORA_AS)."""
+    served: set[str] = set()
+    async with httpx.AsyncClient(timeout=10) as client:
+        for url in server.vllm_urls():
+            try:
+                served |= {model["id"] for model in (await client.get(f"{url}/v1/models")).json()["data"]}
+            except httpx.HTTPError:
+                continue  # still starting
+    return served
+
+
+async def wait_served(server: LiveServer, name: str, timeout_s: float = 600) -> None:
+    """Until `name` is served (loaded as an adapter at once; served merged, once its own vLLM has started), and the
+    app's router has seen it."""
+    deadline = time.monotonic() + timeout_s
+    while name not in await served_by_vllm(server) and time.monotonic() < deadline:
+        await asyncio.sleep(2)
+    assert name in await served_by_vllm(server), server.log_tail()
+    await asyncio.sleep(3)  # the app's router picks it up within RATCHET_MODEL_SYNC_INTERVAL_S
 
 
 async def promote(client: httpx.AsyncClient, admin: str, name: str, reason: str) -> dict:
@@ -136,11 +154,12 @@ async def test_register_gate_canary_promote_rollback_and_survive_a_vllm_restart(
     people = [await users.create_user(f"canary-user-{index}", Role.USER) for index in range(USERS)]
     admin = live_server.admin_token
     async with httpx.AsyncClient(base_url=live_server.base_url, timeout=300) as client:
-        # Register → gate → promote to canary: loaded into vLLM under its own name first.
+        # Register → gate → promote to canary: served under its own name (loaded into vLLM, or merged and started
+        # in a vLLM of its own) before anyone is routed to it.
         await register_and_gate(settings, sessions, "live-lora-a", adapters["live-lora-a"])
         detail = await promote(client, admin, "live-lora-a", "passed the gates")
-        assert detail["status"] == "canary" and "live-lora-a" in await served_by_vllm(live_server)
-        await asyncio.sleep(3)  # the app's router picks the canary up within RATCHET_MODEL_SYNC_INTERVAL_S
+        assert detail["status"] == "canary"
+        await wait_served(live_server, "live-lora-a")
 
         # The share each user gets is the sticky split's, and about the configured fraction.
         answers = await chats(client, [token for _, token in people])
@@ -160,7 +179,7 @@ async def test_register_gate_canary_promote_rollback_and_survive_a_vllm_restart(
         # The next candidate is disliked: rolled back, then unloaded once drained.
         await register_and_gate(settings, sessions, "live-lora-b", adapters["live-lora-b"])
         await promote(client, admin, "live-lora-b", "passed the gates")
-        await asyncio.sleep(3)
+        await wait_served(live_server, "live-lora-b")
         in_b = [canary_bucket(principal.user_id, "live-lora-b") < FRACTION for principal, _ in people]
         tokens = [token for _, token in people] + extra_rounds(people, in_b)
         answers = await chats(client, tokens)
@@ -177,12 +196,15 @@ async def test_register_gate_canary_promote_rollback_and_survive_a_vllm_restart(
         listed = json.loads(ratchet(live_server.env, "models", "show", "live-lora-a"))
         assert listed["status"] == "active" and listed["active_for"] == ["ratchet"]
 
-        # vLLM dies: chat is a 503 meanwhile, never a 4xx/5xx from an adapter vLLM lost; once ready, the active
-        # adapter is back in vLLM and answers.
-        vllm = live_server.vllm_process()
+        # The vLLM serving the active version dies: chat is a 503 meanwhile, never a 4xx/5xx from an adapter vLLM
+        # lost; once ready, the active version is back and answers.
+        vllm = live_server.vllm_process("live-lora-a") or live_server.vllm_process()
         assert vllm is not None
         os.killpg(os.getpgid(vllm.pid), signal.SIGKILL)
         token = people[0][1]
+        noticed = time.monotonic() + 30  # readiness is at most one reconcile pass (a second) old
+        while (await client.get("/readyz")).status_code == 200 and time.monotonic() < noticed:
+            await asyncio.sleep(0.5)
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             ready = await client.get("/readyz")

@@ -22,6 +22,7 @@ from server.models.canary import CanaryPolicy
 from server.models.lifecycle import ModelLifecycle
 from server.models.live_canary import LiveCanary
 from server.models.loading import AdapterLoader
+from server.models.merged_serving import MergedVersions
 from server.models.reconciler import EngineReconciler
 from server.models.registry import ModelRegistry
 from server.models.services import ModelRouter
@@ -181,6 +182,49 @@ class FakeEngine:
         self.served = {BASE_NAME}
 
 
+@dataclass
+class FakeFleet:
+    """The engines of merged versions as the registry sees them: started, ready once the test says so, stopped."""
+
+    starting: dict[str, Path] = field(default_factory=dict)
+    ready_names: set[str] = field(default_factory=set)
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    ready_at_once: bool = False
+
+    def names(self) -> set[str]:
+        return set(self.starting)
+
+    async def start(self, name: str, model_dir: Path) -> None:
+        if name in self.starting:
+            return
+        self.starting[name] = model_dir
+        self.started.append(name)
+        if self.ready_at_once:
+            self.ready_names.add(name)
+
+    def ready(self, name: str) -> bool:
+        return name in self.ready_names and name in self.starting
+
+    def reason(self, name: str) -> str:
+        return "vLLM is starting"
+
+    def client(self, name: str) -> object | None:
+        return f"engine-of-{name}" if self.ready(name) else None
+
+    async def wait_ready(self, name: str, timeout_s: float) -> bool:
+        return self.ready(name)
+
+    async def stop(self, name: str) -> None:
+        self.starting.pop(name, None)
+        self.ready_names.discard(name)
+        self.stopped.append(name)
+
+    async def close(self) -> None:
+        for name in list(self.starting):
+            await self.stop(name)
+
+
 async def add_users(sessions: async_sessionmaker[AsyncSession], prefix: str, count: int) -> list[UUID]:
     ids = [uuid7() for _ in range(count)]
     async with sessions.begin() as session:
@@ -278,6 +322,7 @@ class Serving:
     reconciler: EngineReconciler
     canary: LiveCanary
     now: list[float]
+    fleet: FakeFleet | None = None
 
     async def sync(self) -> None:
         await self.router.refresh()
@@ -299,10 +344,15 @@ class Serving:
         return name
 
 
-async def serving(settings: Settings, sessions: async_sessionmaker[AsyncSession], **overrides: object) -> Serving:
+async def serving(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], merged: bool = False, **overrides: object
+) -> Serving:
+    """`merged`: LoRA versions served merged, each by an engine of a FakeFleet (their checkpoints really merged)."""
     settings = model_settings(settings, **overrides)
     engine = FakeEngine()
-    loader = AdapterLoader([engine])  # type: ignore[list-item]
+    fleet = FakeFleet() if merged else None
+    versions = MergedVersions(settings, fleet) if fleet is not None else None  # type: ignore[arg-type]
+    loader = AdapterLoader([engine], merged=versions)  # type: ignore[list-item]
     router = ModelRouter(sessions, settings)
     await router.ensure_base_registered()
     lifecycle = ModelLifecycle(sessions, settings, loader, TEST_POLICY)
@@ -318,4 +368,5 @@ async def serving(settings: Settings, sessions: async_sessionmaker[AsyncSession]
         reconciler,
         LiveCanary(sessions, lifecycle),
         now,
+        fleet,
     )

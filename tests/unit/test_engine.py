@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.engine.launcher import vllm_command, vllm_environment
+from server.engine.launcher import EngineSpec, serves_lora_merged, vllm_command, vllm_environment
 from server.models.base_checkpoint import prepare_base_model
 from server.models.generation_defaults import served_defaults
 from server.models.services import ModelRouter, UnknownModelError
@@ -16,8 +16,8 @@ from server.settings import Settings
 from tests.conftest import PREPARED_MODEL
 
 
-def test_managed_vllm_allows_runtime_adapters_and_prompt_embeddings() -> None:
-    settings = Settings(base_model=Path("/models/x"), vllm_port=9123, vllm_max_lora_rank=32)
+def test_managed_vllm_allows_runtime_adapters_and_prompt_embeddings_when_adapters_are_served_as_such() -> None:
+    settings = Settings(base_model=Path("/models/x"), vllm_port=9123, vllm_max_lora_rank=32, serve_lora_as="adapter")
     command = vllm_command(settings)
     assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     for flag in ("--enable-lora", "--enable-prompt-embeds"):
@@ -26,6 +26,31 @@ def test_managed_vllm_allows_runtime_adapters_and_prompt_embeddings() -> None:
     assert command[command.index("--max-lora-rank") + 1] == "32"
     assert command[command.index("--served-model-name") + 1] == settings.base_model_name
     assert vllm_environment(settings)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
+
+
+def test_managed_vllm_runs_without_lora_when_lora_versions_are_served_merged() -> None:
+    settings = Settings(base_model=Path("/models/x"), serve_lora_as="merged")
+    command = vllm_command(settings)
+    assert "--enable-lora" not in command and "--max-loras" not in command
+    assert "--enable-prompt-embeds" in command  # soft prompts still go to the main engine
+
+
+def test_merged_version_engine_serves_its_checkpoint_under_the_version_name(tmp_path: Path) -> None:
+    settings = Settings(base_model=Path("/models/x"), serve_lora_as="merged")
+    spec = EngineSpec(tmp_path / "m", "ratchet-kto-1", 9200, tmp_path / "v.log", lora=False, prompt_embeds=False)
+    command = vllm_command(settings, spec)
+    assert command[command.index("--model") + 1] == str(tmp_path / "m")
+    assert command[command.index("--served-model-name") + 1] == "ratchet-kto-1"
+    assert command[command.index("--port") + 1] == "9200"
+    assert "--enable-lora" not in command and "--enable-prompt-embeds" not in command
+
+
+def test_merged_serving_needs_the_managed_vllm() -> None:
+    with pytest.raises(ValueError, match="managed vLLM"):
+        Settings(serve_lora_as="merged", vllm_url="http://vllm:8000")
+    assert serves_lora_merged(Settings(serve_lora_as="auto", vllm_url="http://vllm:8000")) is False
+    assert serves_lora_merged(Settings(serve_lora_as="adapter")) is False
+    assert serves_lora_merged(Settings(serve_lora_as="merged")) is True
 
 
 def test_cpu_vllm_binds_every_core_instead_of_reserving_one() -> None:
