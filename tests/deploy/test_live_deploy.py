@@ -1,18 +1,22 @@
 """The deploy files run for real on this machine: the app started as its systemd unit and its image start it, on
 PostgreSQL, against real vLLM replicas started as their unit starts them; and two replicas behind vllm-router.
 
-Adapters re-loaded on a replica that comes back are the registry's reconciler's job (issue 13) and are not
-asserted here; the router re-admitting a restarted replica is measured by bench/replicas.py."""
+A replica that comes back empty gets the live adapters from the app's reconciler (told each replica's address) before
+the app routes to them; the router re-admitting a restarted replica is measured by bench/replicas.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from server.db.engine import open_sessions
+from server.models.registry import ModelRegistry
+from server.settings import Settings
 from tests.conftest import PREPARED_MODEL, scratch_postgres_database
 from tests.deploy.harness import (
     Load,
@@ -27,6 +31,7 @@ from tests.deploy.harness import (
     wait_until_ready,
 )
 from tests.deploy.layout import dockerfile_command
+from tests.live_server import make_lora_adapters
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +124,104 @@ async def _spread_then_kill(app: Process, token: str, replicas: list[Process]) -
         report = await kill_replica_under_load(load, victim=replicas[1], survivor=replicas[0], after=4)
     served = [end - start for start, end in zip(before, after, strict=True)]
     return {"results": results, "served": served}, report
+
+
+def test_a_replica_that_comes_back_gets_the_live_adapter_before_it_is_routed_to(
+    replicas: list[Process], tmp_path: Path, rails_data_dir: Path
+) -> None:
+    """Two replicas behind the router, the app told each one's address: a canary adapter is loaded into both; a
+    replica killed and started again (same address, no adapters) gets it back from the app's reconciler."""
+    for index, replica in enumerate(replicas):
+        if not replica.alive():  # the kill test above leaves replica 1 down
+            replicas[index] = _restart(replica, index, tmp_path)
+    router = start_router(replicas, tmp_path)
+    app = None
+    with scratch_postgres_database("ratchet_reload") as database_url:
+        try:
+            wait_until_ready(router, "/health", 120)
+            app = start_app(
+                router.url,
+                database_url,
+                PREPARED_MODEL,
+                tmp_path / "app",
+                classifier_from=rails_data_dir,
+                settings={"RATCHET_VLLM_REPLICA_URLS": ",".join(replica.url for replica in replicas)},
+            )
+            wait_until_ready(app, "/readyz", 300)
+            admin = ratchet_cli(app, "users", "create", "ada", "--role", "admin")
+            name = "default-kto-reload"
+            adapter = make_lora_adapters(PREPARED_MODEL, tmp_path / "adapters", [name])[name]
+            asyncio.run(_register_and_gate(app, database_url, name, adapter))
+            promoted = httpx.post(
+                f"{app.url}/api/models/{name}/promote",
+                json={"reason": "replica reload test"},
+                headers={"authorization": f"Bearer {admin}"},
+                timeout=120,
+            )
+            assert promoted.status_code == 200, promoted.text
+            assert all(name in _served(replica) for replica in replicas)
+
+            replicas[1].kill()
+            replicas[1] = _restart(replicas[1], 1, tmp_path)
+            wait_until_ready(replicas[1], "/health", REPLICA_START_TIMEOUT_S)
+            reloaded = _wait(lambda: name in _served(replicas[1]), timeout_s=60)
+            ready = _wait(lambda: httpx.get(app.url + "/readyz", timeout=10).status_code == 200, timeout_s=60)
+            answers = [_chat_with(app, admin, name) for _ in range(4)]
+        finally:
+            stop_all(app, router)
+
+    assert reloaded, f"{name} not re-loaded on the returning replica: {_served(replicas[1])}"
+    assert ready
+    assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+    assert {answer.json()["model"] for answer in answers} == {name}
+
+
+def _restart(replica: Process, index: int, work: Path) -> Process:
+    port = int(replica.url.rsplit(":", 1)[1])
+    return start_vllm_replica(index, PREPARED_MODEL, work, core=index, port=port)
+
+
+async def _register_and_gate(app: Process, database_url: str, name: str, adapter: Path) -> None:
+    settings = Settings(
+        data_dir=Path(app.env["RATCHET_DATA_DIR"]), database_url=database_url, base_model=PREPARED_MODEL
+    )
+    async with open_sessions(settings) as sessions:
+        registry = ModelRegistry(sessions, settings)
+        await registry.register_candidate(
+            name,
+            "lora",
+            adapter,
+            parent=settings.base_model_name,
+            run_id="replica-test",
+            data_hash="0" * 64,
+            method="kto",
+            method_settings={"lora_r": 8},
+            metrics={},
+        )
+        await registry.record_gate_results(name, [{"name": "all", "passed": True}], passed=True)
+
+
+def _served(replica: Process) -> set[str]:
+    try:
+        listed = httpx.get(replica.url + "/v1/models", timeout=10).json()["data"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return set()
+    return {model["id"] for model in listed}
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(1)
+    return condition()
+
+
+def _chat_with(app: Process, token: str, model: str) -> httpx.Response:
+    return httpx.post(
+        app.url + "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=300,
+    )
