@@ -128,6 +128,8 @@ class ModelLifecycle:
     async def _finish_canary(
         self, version: ModelVersion, actor: str, reason: str, summary: dict[str, Any] | None
     ) -> ModelVersion:
+        # Everyone is about to get it: it must be serving first (served merged, its engine may still be starting).
+        await self.loader.ensure_serving(version)
         async with self._sessions.begin() as session:
             target = await session.scalar(select(ModelAlias).where(ModelAlias.canary_version_name == version.name))
             if target is None:

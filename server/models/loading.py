@@ -71,6 +71,12 @@ class AdapterLoader:
             metrics.ADAPTER_OPERATIONS.labels("load", "ok").inc()
             log.info("loaded %s into vLLM at %s", version.name, engine.base_url)
 
+    async def ensure_serving(self, version: ModelVersion) -> None:
+        """Before a version takes all of an alias's users: served merged, wait until its engine serves (a canary's
+        may still be starting); an adapter was loaded when its canary began and the reconciler keeps it loaded."""
+        if version.kind == ModelKind.LORA and self.merged is not None:
+            await self.merged.load(version, wait_ready=True)
+
     async def unload(self, name: str, engine: EngineClient) -> None:
         await engine.unload_lora_adapter(name)
         metrics.ADAPTER_OPERATIONS.labels("unload", "ok").inc()

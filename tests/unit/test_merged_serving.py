@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from transformers import AutoModelForCausalLM
 
 from server.db.models import ModelVersion
+from server.engine.client import EngineUnavailableError
 from server.models.merging import MARKER, ensure_merged, merged_checkpoint
 from server.models.services import ModelLoadingError
 from server.settings import Settings
@@ -136,3 +137,18 @@ async def test_a_rollback_returns_to_a_version_whose_engine_is_started_again_fir
     assert first in fleet.names()  # started (and waited for) before the alias moved
     await models.sync()
     assert {models.router.resolve("ratchet", uuid4()).version for _ in range(50)} == {first}
+
+
+async def test_a_canary_whose_engine_is_not_serving_yet_is_not_made_active(models: Serving) -> None:
+    fleet = fleet_of(models)
+    name = await models.gated("good", "ratchet-kto-1")
+    await models.lifecycle.promote(name, "admin:root", "canary")
+    await models.sync()
+    with pytest.raises(EngineUnavailableError) as refused:
+        await models.lifecycle.promote(name, "admin:root", "active")  # its vLLM is still starting
+    assert refused.value.status_code == 503
+    assert (await version(models, name)).status == "canary"
+    assert models.router.resolve("ratchet", uuid4()).version == BASE_NAME
+    fleet.ready_names.add(name)
+    await models.lifecycle.promote(name, "admin:root", "active")
+    assert (await version(models, name)).status == "active"
