@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
@@ -29,17 +28,16 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.feedback import POSTGRES_DSN, admin_sql
 from server.settings import get_settings
 from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
 from tests.slack_fake import FakeSlack, event_body, fake_slack, mention, signed_headers
 
 SECRET = "bench-signing-secret"
-POSTGRES_DSN = os.environ.get("RATCHET_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 QUESTIONS = [
     "What is a mutex?",
     "How do I write a good commit message?",
@@ -117,25 +115,17 @@ def run(server: LiveServer, slack: FakeSlack, events: int, settle_s: float) -> N
     print(f"slack_answers_doubled {doubled}")
 
 
-async def _admin_sql(sql: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_DSN)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 @contextmanager
 def database(store: str, data_dir: Path) -> Iterator[str]:
     if store == "sqlite":
         yield f"sqlite+aiosqlite:///{data_dir / 'ratchet.db'}"
         return
     name = f"ratchet_bench_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin_sql(f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
     try:
         yield f"{POSTGRES_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
     finally:
-        asyncio.run(_admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def main() -> None:

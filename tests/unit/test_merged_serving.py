@@ -38,6 +38,14 @@ async def version(models: Serving, name: str) -> ModelVersion:
         return (await session.scalars(select(ModelVersion).where(ModelVersion.name == name))).one()
 
 
+async def made_active(models: Serving, adapter: str, name: str) -> str:
+    """Registered, gated, canary, then active (the fleet makes engines ready at once in these tests)."""
+    await models.gated(adapter, name)
+    await models.lifecycle.promote(name, "admin:root", "canary")
+    await models.lifecycle.promote(name, "admin:root", "active")
+    return name
+
+
 async def test_a_merged_checkpoint_computes_what_the_base_with_its_adapter_computes(models: Serving) -> None:
     name = await models.gated("good", "ratchet-kto-1")
     merged_dir = await ensure_merged(models.settings, await version(models, name))
@@ -92,9 +100,7 @@ async def test_a_canary_gets_traffic_once_its_own_engine_is_ready_and_promotion_
 async def test_an_active_version_whose_engine_is_down_answers_503_and_readiness_says_why(models: Serving) -> None:
     fleet = fleet_of(models)
     fleet.ready_at_once = True
-    name = await models.gated("good", "ratchet-kto-1")
-    await models.lifecycle.promote(name, "admin:root", "canary")
-    await models.lifecycle.promote(name, "admin:root", "active")
+    name = await made_active(models, "good", "ratchet-kto-1")
     await models.sync()
     fleet.ready_names.discard(name)  # its vLLM crashed; its launcher restarts it
     await models.sync()
@@ -106,12 +112,8 @@ async def test_an_active_version_whose_engine_is_down_answers_503_and_readiness_
 async def test_the_engine_of_a_replaced_version_stops_after_the_grace(models: Serving) -> None:
     fleet = fleet_of(models)
     fleet.ready_at_once = True
-    first = await models.gated("good", "ratchet-kto-1")
-    await models.lifecycle.promote(first, "admin:root", "canary")
-    await models.lifecycle.promote(first, "admin:root", "active")
-    second = await models.gated("good-2", "ratchet-kto-2")
-    await models.lifecycle.promote(second, "admin:root", "canary")
-    await models.lifecycle.promote(second, "admin:root", "active")
+    first = await made_active(models, "good", "ratchet-kto-1")
+    second = await made_active(models, "good-2", "ratchet-kto-2")
     await models.sync()
     assert fleet.stopped == []
     models.now[0] += models.settings.model_drain_grace_s + 1
@@ -122,12 +124,8 @@ async def test_the_engine_of_a_replaced_version_stops_after_the_grace(models: Se
 async def test_a_rollback_returns_to_a_version_whose_engine_is_started_again_first(models: Serving) -> None:
     fleet = fleet_of(models)
     fleet.ready_at_once = True
-    first = await models.gated("good", "ratchet-kto-1")
-    await models.lifecycle.promote(first, "admin:root", "canary")
-    await models.lifecycle.promote(first, "admin:root", "active")
-    second = await models.gated("good-2", "ratchet-kto-2")
-    await models.lifecycle.promote(second, "admin:root", "canary")
-    await models.lifecycle.promote(second, "admin:root", "active")
+    first = await made_active(models, "good", "ratchet-kto-1")
+    second = await made_active(models, "good-2", "ratchet-kto-2")
     await models.sync()
     models.now[0] += models.settings.model_drain_grace_s + 1
     await models.sync()
