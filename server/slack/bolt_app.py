@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt import BoltResponse
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from server.slack.blocks import DOWN_MODAL, FEEDBACK_ACTION
@@ -37,10 +37,13 @@ def build_bolt_app(
     app = AsyncApp(signing_secret=signing_secret, token=token, client=client, process_before_response=False)
 
     @app.middleware
-    async def keep_in_inbox(body: dict[str, Any], context: dict[str, Any], next: Callable[[], Awaitable[Any]]) -> Any:
+    async def keep_in_inbox(
+        req: AsyncBoltRequest, body: dict[str, Any], context: dict[str, Any], next: Callable[[], Awaitable[Any]]
+    ) -> Any:
         key = inbox_key(body)
         if key is not None:
-            if not await store.receive(key, body.get("type", ""), body):
+            redelivered = bool(req.headers.get("x-slack-retry-num"))
+            if not await store.receive(key, body.get("type", ""), body, redelivered):
                 log.info("Slack redelivered %s: acknowledged, not processed again", key)
                 return BoltResponse(status=200, body="")
             context["inbox_key"] = key

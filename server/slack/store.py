@@ -45,8 +45,13 @@ class SlackStore:
 
     # The inbox
 
-    async def receive(self, key: str, kind: str, payload: dict[str, Any]) -> bool:
+    async def receive(self, key: str, kind: str, payload: dict[str, Any], redelivered: bool = False) -> bool:
         """Keep an event before Slack is acknowledged; False when this key was already received (a retry)."""
+        if redelivered:
+            # Recognised by a read, a retry is not queued behind the writes of the answers in progress.
+            async with self._sessions() as session:
+                if await session.scalar(select(SlackInbox.id).where(SlackInbox.key == key)) is not None:
+                    return False
         async with self._sessions.begin() as session:
             insert = dialect_insert(session)(SlackInbox).values(
                 id=uuid7(), key=key, kind=kind, payload=payload, status="received", attempts=0

@@ -148,6 +148,33 @@ async def test_a_reaction_on_an_answer_is_a_vote_and_slacks_retry_is_not_a_secon
     assert identity is not None and identity.user_id == vote.user_id
 
 
+async def test_a_retry_whose_first_delivery_never_arrived_is_processed_once(
+    slack_app: AsyncTestClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Slack retries when its first try timed out, which may never have reached the app: the retry is the event."""
+    answered = await slack_answer(sessions)
+    reaction = {
+        "type": "reaction_added",
+        "user": "U0LATE",
+        "reaction": "-1",
+        "item": {"type": "message", "channel": "C0GENERAL", "ts": "100.000002"},
+        "event_ts": "300.2",
+    }
+    body = event_body(reaction, "Ev-reaction-late")
+    assert (await post_signed(slack_app, "/slack/events", body, retry=1)).status_code == 200
+    assert (await post_signed(slack_app, "/slack/events", body, retry=2)).status_code == 200
+
+    async def voted() -> MessageVote | None:
+        async with sessions() as session:
+            return await session.scalar(select(MessageVote).where(MessageVote.message_id == answered.answer_id))
+
+    vote = await eventually(voted)
+    assert vote is not None and vote.value == "down"
+    await asyncio.sleep(0.3)
+    assert await count(sessions, VoteHistory, VoteHistory.message_id == answered.answer_id) == 1
+    assert await count(sessions, SlackInbox) == 1
+
+
 async def test_removing_the_reaction_withdraws_that_vote(
     slack_app: AsyncTestClient, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
