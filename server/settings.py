@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     )
     vllm_port: int = Field(8001, description="Port of the managed vLLM server (on 127.0.0.1).")
     vllm_dtype: str = Field(
-        "bfloat16", description="Managed vLLM dtype; bfloat16 measured fastest here (bench/vllm_cpu_settings.py)."
+        "auto",
+        description="Managed vLLM dtype. auto: on CPU bfloat16 with AVX-512, float32 without (bfloat16 measured 2.4x "
+        "slower at 16 streams on an AVX2-only CPU, bench/vllm_cpu_settings.py); vLLM's own choice on a GPU.",
     )
     vllm_cpu_threads: int = Field(
         0, description="OpenMP threads of the managed vLLM on CPU, bound to cores 0..N-1; 0 means all cores."

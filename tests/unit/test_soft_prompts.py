@@ -25,6 +25,7 @@ from server.chat.services import ChatService
 from server.chat.turns import TurnStore
 from server.db.models import Message, MessageStatus, ModelKind, ModelVersion, Role
 from server.engine.client import ChatStream, EngineClient
+from server.engine.launcher import vllm_dtype
 from server.models.artefacts import file_hashes
 from server.models.soft_prompts import SoftPrompts, SoftPromptUnavailableError
 from server.settings import Settings
@@ -155,8 +156,9 @@ async def test_a_turn_routed_to_a_soft_prompt_is_a_completion_with_prompt_embeds
     version = models.router.soft_prompt(name)
     assert version is not None
     expected = soft_prompts.embeddings(version, CHAT)
-    assert tensor.dtype == torch.bfloat16  # the managed vLLM's dtype: half the bytes of float32
-    assert torch.equal(tensor, expected.to(torch.bfloat16))
+    served = getattr(torch, vllm_dtype(models.settings))
+    assert tensor.dtype == served  # the managed vLLM's dtype: half the bytes of float32 where it is bfloat16
+    assert torch.equal(tensor, expected.to(served))
 
     texts = [event.text for event in events if isinstance(event, TextDelta)]
     assert "".join(texts) == "".join(ANSWER)
