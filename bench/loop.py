@@ -74,6 +74,7 @@ from bench.loop_votes import (
     load_pool,
     ratio,
     uprate,
+    uprate_change_ci95,
     words,
     worse_after_promotion,
 )
@@ -150,12 +151,14 @@ class App:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def ask(self, token: str, text: str, model: str | None = None) -> dict[str, Any]:
+    async def ask(self, token: str, text: str, model: str | None = None, seed: int | None = None) -> dict[str, Any]:
         """One question in a new conversation, as the web UI sends it: the user's message and nothing else (a
-        version `model` only for the day's evaluation of the active version)."""
+        version `model` and a `seed` only for the day's evaluation of the active version)."""
         body: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
         if model is not None:
             body["model"] = model
+        if seed is not None:
+            body["seed"] = seed
         async with self.gate:
             for attempt in range(5):
                 response = await self.client.post(
@@ -325,10 +328,16 @@ async def traffic(
 
 
 async def evaluate(app: App, token: str, version: str, pool: Pool, samples: int) -> dict[str, Any]:
-    """The active version asked by name at the served defaults: held-out known answers and false claims."""
+    """The active version asked by name at the served defaults: held-out known answers and false claims.
+
+    Each question is sampled with the same seed every day (common random numbers): a version that did not change
+    answers the same way, so a day's accuracy moves with the version, not with the draw (unseeded, the same base
+    measured 0.700 and then 0.650 on these 40 questions on consecutive days)."""
     known = [q for q in pool.known_eval for _ in range(samples)]
     claims = [q for q in pool.false_claims for _ in range(samples)]
-    replies = await asyncio.gather(*(app.ask(token, q.text, model=version) for q in known + claims))
+    replies = await asyncio.gather(
+        *(app.ask(token, q.text, model=version, seed=index) for index, q in enumerate(known + claims))
+    )
     texts = [reply["choices"][0]["message"]["content"] or "" for reply in replies]
     right = [q.is_right(text) for q, text in zip(known, texts, strict=False)]
     agreed = [q.agreed(text) for q, text in zip(claims, texts[len(known) :], strict=True)]
@@ -373,8 +382,8 @@ def tune_env(args: argparse.Namespace) -> dict[str, str]:
         "RATCHET_TUNE_THREADS": str(os.cpu_count() or 2),
         "RATCHET_TUNE_NICE": "0",
     }
-    if args.quick:
-        # A smoke run: smaller gates and a shorter reward model (the gates' figures are noisier for it).
+    if args.small_nights:
+        # Smaller gates and a shorter reward model (the gates' figures are noisier for it): a night in ~11 minutes.
         env |= {
             "RATCHET_TUNE_REWARD_MAX_STEPS": "20",
             "RATCHET_TUNE_GATE_HELD_OUT_PROMPTS": "8",
@@ -580,6 +589,14 @@ def summarise(
     first, last = days[0].active_uprate, days[-1].active_uprate
     accuracies = [day.extra["known_answer_accuracy"] for day in days]
     say(f"ratio uprate_last_vs_first_night {fmt(ratio(last, first))} ({fmt(last)} vs {fmt(first)})")
+    change = uprate_change_ci95(first, days[0].extra["active_votes"], last, days[-1].extra["active_votes"])
+    if change is not None:
+        same = "the same version" if days[0].active == days[-1].active else f"{days[-1].active} vs {days[0].active}"
+        beyond = "beyond" if change[1] > 0 or change[2] < 0 else "within"
+        say(
+            f"figure uprate_change_last_vs_first {change[0]:+.3f} (95% CI {change[1]:+.3f} to {change[2]:+.3f}, "
+            f"{beyond} the day-to-day noise; {same})"
+        )
     say(f"figure nights_worse_after_promotion {len(worse)} (margin {args.canary_margin}; days {worse})")
     say(f"ratio min_known_answer_accuracy_vs_base {fmt(ratio(min(accuracies), base_accuracy))}")
     say(f"figure promotions {sum(day.promoted is not None for day in days)}")
@@ -645,7 +662,12 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 30 employees, 4 questions a day, 1 night, sft, 160-token answers, smaller gates",
+        help="smoke run: 20 employees, 4 questions a day, 1 night, sft, 160-token answers, smaller gates",
+    )
+    parser.add_argument(
+        "--small-nights",
+        action="store_true",
+        help="nights with the quick run's smaller gates and 20 reward-model steps (about 11 minutes each here)",
     )
     parser.add_argument(
         "--classifier-from",
@@ -656,7 +678,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/loop-<time>)")
     args = parser.parse_args()
     if args.quick:
-        args.users, args.questions_per_day, args.nights, args.methods = 30, 4, 1, "sft"
+        args.users, args.questions_per_day, args.nights, args.methods = 20, 4, 1, "sft"
+        args.small_nights = True
         args.max_extra_rounds = min(args.max_extra_rounds, 4)
         args.max_tokens = args.max_tokens or 160
     out = args.out or RESULTS / f"loop-{datetime.now(UTC):%Y%m%d-%H%M%S}"

@@ -146,12 +146,11 @@ class FeedbackService:
                 result = await autocommit.execute(_UPSERT_VOTE_WITH_HISTORY, {**parameters, "history_id": uuid7()})
                 revision = result.scalar_one_or_none()
         else:
-            async with self._sessions() as session:
+            async with self._sessions.begin() as session:
                 revision = (await session.execute(_UPSERT_VOTE, parameters)).scalar_one_or_none()
                 if revision is not None:
                     change = (VoteAction.SET, value.value, reasons, comment)
                     await _record(session, principal, message_id, revision, *change, now)
-                    await session.commit()
         if revision is None:
             raise AnswerNotFoundError(f"No answer {message_id}.")
         return Vote(message_id, value, [VoteReason(reason) for reason in reasons], comment, revision, now)
@@ -166,14 +165,12 @@ class FeedbackService:
             .values(value=None, reasons=[], comment="", revision=columns.revision + 1, updated_at=now)
             .returning(columns.revision)
         )
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             revision = (await session.execute(statement)).scalar_one_or_none()
             if revision is None:
-                await session.rollback()
                 await self._require_own_answer(session, principal, message_id, shared_channel)
                 return
             await _record(session, principal, message_id, revision, VoteAction.WITHDRAW, None, [], "", now)
-            await session.commit()
 
     async def get_vote(self, principal: Principal, message_id: UUID, shared_channel: str | None = None) -> Vote:
         async with self._sessions() as session:

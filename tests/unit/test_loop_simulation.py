@@ -18,6 +18,7 @@ from bench.loop_votes import (
     load_pool,
     ratio,
     uprate,
+    uprate_change_ci95,
     worse_after_promotion,
 )
 
@@ -109,3 +110,12 @@ def test_rates_and_ratios() -> None:
     assert uprate([]) is None
     assert ratio(0.55, 0.5) == 1.1
     assert ratio(0.5, 0.0) is None and ratio(None, 0.5) is None
+
+
+def test_an_uprate_change_is_told_from_the_draw_of_one_days_votes() -> None:
+    # The quick run's same base on two days: 0.147 of 109 votes, then 0.179 of 106: noise.
+    change, low, high = uprate_change_ci95(0.147, 109, 0.179, 106) or (0.0, 0.0, 0.0)
+    assert round(change, 3) == 0.032 and low < 0 < high
+    change, low, high = uprate_change_ci95(0.15, 400, 0.30, 400) or (0.0, 0.0, 0.0)
+    assert low > 0
+    assert uprate_change_ci95(None, 10, 0.5, 10) is None and uprate_change_ci95(0.5, 0, 0.5, 10) is None
