@@ -5,6 +5,7 @@ accuracy, sycophancy, answer length and degenerate rate over the days, and where
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,14 @@ def _uprates(days: list[dict[str, Any]], path: Path) -> None:
     )
     for version in versions:
         points = [
-            (day["index"], day["extra"]["uprate_by_version"][version])
+            (day["index"], day["extra"]["uprate_by_version"][version], day["extra"]["votes_by_version"][version])
             for day in days
             if day["extra"]["uprate_by_version"].get(version) is not None
         ]
-        ax.plot(*zip(*points, strict=True), marker="o", label=_short(version))
+        x, rates, votes = zip(*points, strict=True)
+        # 95% intervals of each day's rate: how far the draw of that day's votes alone moves it.
+        spread = [1.96 * math.sqrt(rate * (1 - rate) / n) for rate, n in zip(rates, votes, strict=True)]
+        ax.errorbar(x, rates, yerr=spread, marker="o", capsize=3, label=_short(version))
     active = [(day["index"], day["active_uprate"]) for day in days if day["active_uprate"] is not None]
     ax.plot(*zip(*active, strict=True), color="black", linewidth=3, alpha=0.25, label="active version")
     for day in days:
@@ -44,7 +48,7 @@ def _uprates(days: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_xticks([day["index"] for day in days])
     ax.legend(fontsize=7)
-    ax.set_title("Up-rate per version per day")
+    ax.set_title("Up-rate per version per day (bars: 95% interval of the day's votes)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
