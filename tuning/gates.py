@@ -4,8 +4,10 @@ with its threshold (RATCHET_TUNE_GATE_* in tuning/config.py):
 - win_rate_lc: the night's reward model prefers the candidate's answer to the active version's on held-out prompts
   at least this often, length-controlled (AlpacaEval 2's idea): a logistic regression of "candidate's answer won"
   on the length difference, calibrated on two answers of the active version to the same prompts (which differ
-  in length only by chance), gives the win rate the candidate would have at equal length. Reward gained by
-  writing more does not count (a candidate that only got longer comes out near 0.5, for the length gate).
+  in length only by chance), gives the win rate the candidate would have had without writing more: an answer
+  longer than the active version's is judged at equal length, a shorter one at its own. Reward gained by writing
+  more does not count (a candidate that only got longer comes out near 0.5, for the length gate); what the reward
+  model says brevity is worth does (users who want concise answers teach it that).
 - kl_per_token: the drift budget, KL(candidate || active) per token, estimated on the candidate's own answers.
 - known_answer_accuracy: questions with checkable answers, never used to choose anything.
 - rail_trip_rate: attack prompts answered with the input rails bypassed; how often the output rails act.
@@ -62,7 +64,7 @@ class Scored:
 
 
 def length_controlled_win_rate(candidate: Scored, active: Scored, active_again: Scored) -> tuple[float, float]:
-    """(win rate at zero length difference, the fitted weight of the length difference).
+    """(win rate with no length gained, the fitted weight of the length difference).
 
     Rows: the candidate's answer against the active version's for each prompt (feature "is the candidate" = 1),
     and the active version's second answer against its first, both ways round (feature 0, so only their length
@@ -91,7 +93,12 @@ def length_controlled_win_rate(candidate: Scored, active: Scored, active_again: 
         return sum(won for _, _, won in rows) / len(rows), 0.0
     model = LogisticRegression(fit_intercept=False).fit(np.array(features), labels, sample_weight=weights)
     theta, length_weight = model.coef_[0]
-    return float(1.0 / (1.0 + math.exp(-theta))), float(length_weight)
+    # Controlled one way only: where the candidate's answer is longer it is judged at the active version's length,
+    # where it is shorter at its own. Gains bought with length do not count; what the reward model says brevity is
+    # worth does (symmetric control took a concise candidate's 0.625 raw win rate down to 0.456 in bench/loop.py).
+    shorter_by = [min(0.0, difference) for is_candidate, difference, _ in rows if is_candidate]
+    controlled = [1.0 / (1.0 + math.exp(-(theta + length_weight * difference))) for difference in shorter_by]
+    return float(np.mean(controlled)), float(length_weight)
 
 
 def win_rate_gate(candidate: Scored, active: Scored, active_again: Scored, minimum: float) -> GateResult:

@@ -77,6 +77,20 @@ def test_a_candidate_that_only_got_longer_wins_raw_but_only_half_the_time_length
     assert result.value == controlled and "raw win rate 0.950" in result.detail
 
 
+def test_a_candidate_that_got_shorter_keeps_what_the_reward_model_says_brevity_is_worth() -> None:
+    """Users who want concise answers teach the reward model to pay for brevity; a candidate that learnt it wins."""
+    first, second = lengths(60, 1), lengths(60, 2)
+    active = Scored([-reward for reward in rewards_paying_for_length(first, 0.0, 3)], first)
+    again = Scored([-reward for reward in rewards_paying_for_length(second, 0.0, 4)], second)
+    shorter = [max(1, count - 30) for count in lengths(60, 5)]
+    candidate = Scored([-reward for reward in rewards_paying_for_length(shorter, 0.0, 6)], shorter)
+
+    controlled, length_weight = length_controlled_win_rate(candidate, active, again)
+
+    assert length_weight < 0
+    assert controlled > 0.8 and win_rate_gate(candidate, active, again, minimum=0.5).passed
+
+
 def test_a_worse_candidate_fails_the_win_rate_gate() -> None:
     active, again = active_pair()
     own = lengths(60, 5)
