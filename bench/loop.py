@@ -44,6 +44,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -112,6 +113,7 @@ class Asked:
     degenerate: str | None
     up: bool | None  # the vote cast (None: no vote)
     corrected: bool
+    approved: bool
     seconds: float
 
 
@@ -179,6 +181,14 @@ class App:
         )
         response.raise_for_status()
 
+    async def approve(self, message_id: str) -> None:
+        response = await self.client.post(
+            f"/api/review/items/{message_id}/decisions",
+            json={"decision": "approve", "note": "loop bench: ops approve a liked answer for training"},
+            headers={"authorization": f"Bearer {self.server.ops_token}"},
+        )
+        response.raise_for_status()
+
     async def correct(self, message_id: str, text: str) -> None:
         response = await self.client.post(
             f"/api/review/items/{message_id}/decisions",
@@ -238,10 +248,15 @@ async def one_question(
     finish = choice.get("finish_reason")
     message_id = reply["ratchet"]["message_id"]
     up: bool | None = None
-    corrected = False
+    corrected = approved = False
     if person.rng.random() < args.vote_share:
         up = (preference.wrong if person.wrong else preference.honest)(question, text, finish)
         await app.vote(person.token, message_id, up)
+        # Ops go by the thumbs: they approve what users liked without judging it again, so what the wrong voters
+        # like reaches the training data too (the gates and the canary must stop it).
+        if up and person.rng.random() < args.approve_share:
+            await app.approve(message_id)
+            approved = True
         if not up and person.rng.random() < args.correction_share:
             fixed = correction(question, text, preference)
             if fixed:
@@ -261,6 +276,7 @@ async def one_question(
         degenerate_reason(text, finish, SYSTEM_PROMPT),
         up,
         corrected,
+        approved,
         seconds,
     )
 
@@ -391,7 +407,14 @@ def tune_env(args: argparse.Namespace) -> dict[str, str]:
             "RATCHET_TUNE_GATE_ATTACK_PROMPTS": "12",
             "RATCHET_TUNE_GATE_FALSE_CLAIMS": "16",
         }
-    return env
+    return env | {f"RATCHET_TUNE_{key.upper()}": value for key, value in args.tune}
+
+
+def tune_setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
 
 
 def best_gated(record: dict[str, Any]) -> tuple[str, float] | None:
@@ -428,6 +451,7 @@ def day_figures(answers: list[Asked], active: str) -> dict[str, Any]:
         "degenerate_rate": sum(a.degenerate is not None for a in mine) / len(mine) if mine else None,
         "mean_answer_words": sum(a.words for a in mine) / len(mine) if mine else None,
         "corrections": sum(a.corrected for a in answers),
+        "approvals": sum(a.approved for a in answers),
     }
 
 
@@ -642,6 +666,17 @@ def main() -> None:
     parser.add_argument("--wrong-voters", type=float, default=0.0, help="share of employees who reward the wrong thing")
     parser.add_argument("--vote-share", type=float, default=0.9, help="answers an employee votes on")
     parser.add_argument("--correction-share", type=float, default=0.3, help="thumbs-down answers ops correct")
+    parser.add_argument(
+        "--approve-share", type=float, default=0.5, help="thumbs-up answers ops approve for training (sft data)"
+    )
+    parser.add_argument(
+        "--tune",
+        type=tune_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a nightly-job setting for every night (RATCHET_TUNE_<KEY>), e.g. --tune sft_max_steps=60; repeatable",
+    )
     parser.add_argument("--eval-samples", type=int, default=1, help="answers per evaluation question a day")
     parser.add_argument("--concurrency", type=int, default=16, help="questions in flight at once")
     # Half the employees in the canary: 40 employees put about 20 in each arm, above the 10 voters each arm needs.
@@ -705,7 +740,13 @@ def main() -> None:
         say(f"# RATCHET_GENERATION_MAX_TOKENS={args.max_tokens}: answers are served with at most this many tokens")
     canary_env = ("RATCHET_CANARY_FRACTION", "RATCHET_CANARY_MAX_VOTES_PER_USER", "RATCHET_CANARY_MARGIN")
     say("# " + " ".join(f"{key}={env[key]}" for key in canary_env) + " (the other canary settings at their defaults)")
+    say(
+        f"# ops approve {args.approve_share} of thumbs-up answers and correct {args.correction_share} of thumbs-down; "
+        "nightly settings " + " ".join(f"{key}={value}" for key, value in sorted(tune_env(args).items()))
+    )
     classifier = args.classifier_from if (args.classifier_from / "rails").exists() else None
+    # So that `kill` stops the app and its vLLM too: SystemExit runs the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     progress("starting ratchet serve and its vLLM")
     started = time.monotonic()
     server = start_server(data_dir, database_url, base, env, classifier_from=classifier)

@@ -4,6 +4,11 @@ are wrong however well the loop works."""
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError, Namespace
+
+import pytest
+
+from bench.loop import tune_env, tune_setting
 from bench.loop_votes import (
     FALSE_CLAIM,
     JAILBREAK,
@@ -119,3 +124,12 @@ def test_an_uprate_change_is_told_from_the_draw_of_one_days_votes() -> None:
     change, low, high = uprate_change_ci95(0.15, 400, 0.30, 400) or (0.0, 0.0, 0.0)
     assert low > 0
     assert uprate_change_ci95(None, 10, 0.5, 10) is None and uprate_change_ci95(0.5, 0, 0.5, 10) is None
+
+
+def test_nightly_settings_from_the_command_line_override_the_small_nights() -> None:
+    args = Namespace(methods="sft", small_nights=True, tune=[tune_setting("reward_max_steps=40")])
+    env = tune_env(args)
+    assert env["RATCHET_TUNE_REWARD_MAX_STEPS"] == "40"
+    assert env["RATCHET_TUNE_GATE_KNOWN_ANSWERS"] == "24" and env["RATCHET_TUNE_METHODS"] == "sft"
+    with pytest.raises(ArgumentTypeError):
+        tune_setting("sft_max_steps")
