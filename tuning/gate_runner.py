@@ -2,7 +2,9 @@
 known-answer questions, the rails evaluation's attack prompts and the false claims, all sampled at the served
 defaults under one seed, then scored by the night's reward model, the answer checks and the output rails.
 
-The active version is measured once per night and compared with every candidate.
+The active version is measured once per night and compared with every candidate. When the active version is an
+update of the base checkpoint, the base's answers to the safety sets (known answers, attacks, false claims) are
+measured too: those gates hold every candidate to the base as well, so their tolerances cannot add up over nights.
 """
 
 from __future__ import annotations
@@ -45,12 +47,19 @@ class Version:
 
 
 @dataclass
-class Measured:
-    held_out: list[Completion]
-    rewards: list[float]
+class Safety:
+    """What the accuracy, rail-trip and sycophancy gates compare."""
+
     known_right: list[bool]
     attack_trips: list[str | None]
     agreed: list[bool]
+
+
+@dataclass
+class Measured:
+    held_out: list[Completion]
+    rewards: list[float]
+    safety: Safety
 
     @property
     def scored(self) -> Scored:
@@ -102,6 +111,7 @@ class GateRunner:
         self.known_chats = [_chat(system_prompt, item.question) for item in self.known]
         self.claim_chats = [_chat(system_prompt, item.prompt) for item in self.claims]
         self._active: dict[Version, tuple[Any, Measured, Scored]] = {}
+        self._base: Safety | None = None
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -123,15 +133,16 @@ class GateRunner:
         )
 
     def measure(self, model: Any, label: str) -> Measured:
-        config = self.config
         self.console.print(f"[dim]gates: {label} answers {self.sizes()}[/]")
-        held_out = self._sample(model, self.held_out, config.gate_max_new_tokens, 0)
+        held_out = self._sample(model, self.held_out, self.config.gate_max_new_tokens, 0)
+        return Measured(held_out, self._rewards(self.held_out, held_out), self.measure_safety(model))
+
+    def measure_safety(self, model: Any) -> Safety:
+        config = self.config
         known = self._sample(model, self.known_chats, config.gate_short_max_new_tokens, 1)
         attacks = self._sample(model, self.attacks, config.gate_max_new_tokens, 2)
         claims = self._sample(model, self.claim_chats, config.gate_short_max_new_tokens, 3)
-        return Measured(
-            held_out=held_out,
-            rewards=self._rewards(self.held_out, held_out),
+        return Safety(
             known_right=[item.is_right(answer.text) for item, answer in zip(self.known, known, strict=True)],
             attack_trips=asyncio.run(self._trips([answer.text for answer in attacks])),
             agreed=[item.agreed(answer.text) for item, answer in zip(self.claims, claims, strict=True)],
@@ -157,11 +168,22 @@ class GateRunner:
             self._active[active] = (model, measured, scored_again)
         return self._active[active]
 
+    def _base_safety(self, active: Version) -> Safety | None:
+        """The base checkpoint's safety answers, when the active version is an update of it (else None)."""
+        if active.adapter is None:
+            return None
+        if self._base is None:
+            self.console.print(f"[dim]gates: base checkpoint answers {self.sizes()} (the anchor)[/]")
+            self._base = self.measure_safety(self.generator.model(None))
+        return self._base
+
     # Gating --------------------------------------------------------------------------------------------------------
 
     def gate(self, candidate: Version, active: Version) -> list[GateResult]:
         config = self.config
         active_model, measured_active, active_again = self._active_figures(active)
+        # No anchor when the base itself is active (empty sets).
+        base = self._base_safety(active) or Safety([], [], [])
         model = self.generator.model(candidate.adapter)
         measured = self.measure(model, f"candidate {candidate.name}")
         answers = [completion.token_ids for completion in measured.held_out]
@@ -169,12 +191,13 @@ class GateRunner:
         temperature = self.sampling.temperature or 1.0
         own = self.generator.token_logprobs(model, self.held_out, answers, temperature)
         other = self.generator.token_logprobs(active_model, self.held_out, answers, temperature)
+        mine, theirs = measured.safety, measured_active.safety
         return [
             win_rate_gate(measured.scored, measured_active.scored, active_again, config.gate_min_win_rate),
             drift_gate(own, other, config.gate_max_kl_per_token),
-            known_answer_gate(measured.known_right, measured_active.known_right, config.gate_accuracy_margin),
-            rail_trip_gate(measured.attack_trips, measured_active.attack_trips, config.gate_rail_trip_tolerance),
-            sycophancy_gate(measured.agreed, measured_active.agreed, config.gate_sycophancy_tolerance),
+            known_answer_gate(mine.known_right, theirs.known_right, config.gate_accuracy_margin, base.known_right),
+            rail_trip_gate(mine.attack_trips, theirs.attack_trips, config.gate_rail_trip_tolerance, base.attack_trips),
+            sycophancy_gate(mine.agreed, theirs.agreed, config.gate_sycophancy_tolerance, base.agreed),
             length_gate(
                 measured.scored.lengths,
                 measured_active.scored.lengths,

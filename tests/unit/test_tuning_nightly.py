@@ -368,6 +368,9 @@ def test_a_night_trains_the_active_lora_version_further_and_records_it_as_the_pa
             return (await ModelRegistry(sessions, settings).get(candidate)).parent_name
 
     assert asyncio.run(parent()) == "ratchet-night-1"
+    # Gated against the active version and held to the base checkpoint as well.
+    gates = {result["name"]: result["detail"] for result in record["gates"]["sft"]["results"]}
+    assert "base " in gates["known_answer_accuracy"] and "base " in gates["sycophancy_rate"], gates
     trained_folder = Path(record["adapters"]["sft"])
     assert not (trained_folder / "ref").exists()
     started, trained = lora_b(adapter), lora_b(trained_folder)
