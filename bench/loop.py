@@ -84,6 +84,7 @@ from server.db.engine import open_sessions
 from server.db.models import Role
 from server.settings import Settings, get_settings
 from tests.live_server import LiveServer, free_port, start_server, stop_server, wait_ready
+from tuning.config import TuneConfig
 
 RESULTS = Path(__file__).with_name("results")
 # What employees ask, by kind: most questions are about the product, as in a company's support team.
@@ -414,7 +415,10 @@ def tune_setting(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
+    # pydantic-settings ignores an unknown RATCHET_TUNE_* variable: a misspelt key would change nothing silently.
+    if key.strip().lower() not in TuneConfig.model_fields:
+        raise argparse.ArgumentTypeError(f"{key.strip()!r} is not a nightly-job setting (`ratchet tune settings`)")
+    return key.strip().lower(), value.strip()
 
 
 def best_gated(record: dict[str, Any]) -> tuple[str, float] | None:

@@ -133,3 +133,5 @@ def test_nightly_settings_from_the_command_line_override_the_small_nights() -> N
     assert env["RATCHET_TUNE_GATE_KNOWN_ANSWERS"] == "24" and env["RATCHET_TUNE_METHODS"] == "sft"
     with pytest.raises(ArgumentTypeError):
         tune_setting("sft_max_steps")
+    with pytest.raises(ArgumentTypeError, match="not a nightly-job setting"):
+        tune_setting("sft_max_step=60")
