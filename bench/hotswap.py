@@ -17,7 +17,7 @@ seconds each, in one run:
 
 Then, with no other load, the decode throughput of the active version on the vLLM serving it, of the base model on
 the app's main vLLM, and of the same base model on a vLLM started without LoRA (the speed the issue asks the active
-version to keep), same workload, one after the other. Prints one line per figure, e.g.
+version to keep), same workload, taking turns over several rounds (median of each). Prints one line per figure, e.g.
 `ratio p95_during_vs_before 1.12`.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import signal
 import statistics
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -170,6 +171,24 @@ async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.
         print(f"requests_{name} {len(samples)}")
         print(f"latency_s_p50_{name} {statistics.median(latencies):.3f}")
         print(f"latency_s_p95_{name} {p95[name]:.3f}")
+    serving = windows["canary_serving"]
+    for arm, samples in (
+        ("canary", [sample for sample in serving if sample.model == ADAPTER]),
+        ("active", [sample for sample in serving if sample.ok and sample.model != ADAPTER]),
+    ):
+        if samples:
+            latencies = [sample.latency_s for sample in samples]
+            print(f"latency_s_p95_canary_serving_{arm}_answers {percentile(latencies, 0.95):.3f} ({len(samples)})")
+    if args.chart:
+        phases = {
+            "promotion to canary": during_load,
+            "canary serves": canary_serving,
+            "promotion to active": during_promotion,
+        }
+        draw_chart(load.samples, {name: at - before for name, at in phases.items()}, before, p95["before"], args.chart)
+    if args.samples_out:
+        rows = [{**asdict(sample), "started": sample.started - before} for sample in load.samples]
+        args.samples_out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     canary_answers = [sample for sample in windows["during_load"] if sample.model == ADAPTER]
     print(f"canary_answers_during_load {len(canary_answers)}")
     if canary_answers:
@@ -183,6 +202,36 @@ async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.
     print(f"ratio p95_during_vs_before {max(p95['during_load'], p95['during_promotion']) / p95['before']:.3f}")
     failed = sum(not sample.ok for sample in load.window(0, end))
     print(f"failed_requests {failed}")
+
+
+def draw_chart(samples: list[Sample], phases: dict[str, float], origin: float, p95_before: float, path: Path) -> None:
+    """Every request's latency against when it started, by the version that answered, with the phases marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(10, 4.5))
+    for label, colour, chosen in (
+        ("answered by the base (active)", "tab:blue", [one for one in samples if one.ok and one.model != ADAPTER]),
+        ("answered by the new version", "tab:orange", [one for one in samples if one.model == ADAPTER]),
+        ("failed", "tab:red", [one for one in samples if not one.ok]),
+    ):
+        if chosen:
+            axes.scatter(
+                [s.started - origin for s in chosen], [s.latency_s for s in chosen], s=6, c=colour, label=label
+            )
+    for name, at in phases.items():
+        axes.axvline(at, color="grey", linestyle="--", linewidth=1)
+        axes.annotate(name, (at, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=8)
+    axes.axhline(1.5 * p95_before, color="tab:green", linewidth=1, label="1.5 x p95 before (the target)")
+    axes.set_xlabel("seconds since the measured load began")
+    axes.set_ylabel("chat latency, s")
+    axes.set_title("A LoRA version going live under steady load (bench/hotswap.py)")
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
 
 
 async def decode_throughput(url: str, model: str, args: argparse.Namespace) -> float:
@@ -203,6 +252,17 @@ async def decode_throughput(url: str, model: str, args: argparse.Namespace) -> f
         started = time.monotonic()
         tokens = await asyncio.gather(*(one(index) for index in range(args.throughput_requests)))
         return sum(tokens) / (time.monotonic() - started)
+
+
+async def throughput_rounds(targets: dict[str, tuple[str, str]], args: argparse.Namespace) -> dict[str, float]:
+    """Each engine's median decode throughput over `--throughput-rounds` rounds, the engines taking turns in every
+    round, so that a slower spell of the machine does not fall on one engine only."""
+    measured: dict[str, list[float]] = {name: [] for name in targets}
+    for round_index in range(args.throughput_rounds):
+        for name, (url, model) in targets.items():
+            measured[name].append(await decode_throughput(url, model, args))
+            print(f"throughput round {round_index + 1} {name} {measured[name][-1]:.1f}", file=sys.stderr)
+    return {name: statistics.median(speeds) for name, speeds in measured.items()}
 
 
 def serving_url(server: LiveServer, name: str) -> str:
@@ -248,8 +308,13 @@ def main() -> None:
     parser.add_argument("--concurrency-throughput", type=int, default=16)
     parser.add_argument("--throughput-requests", type=int, default=32)
     parser.add_argument("--throughput-tokens", type=int, default=64)
+    parser.add_argument("--throughput-rounds", type=int, default=5)
+    parser.add_argument("--chart", type=Path, help="Draw every request's latency over the run into this PNG.")
+    parser.add_argument("--samples-out", type=Path, help="Write every request (start, latency, model) as JSON lines.")
     parser.add_argument("--serve-lora-as", choices=["merged", "adapter"], default="merged")
     args = parser.parse_args()
+    # `kill` on the bench stops the app and the vLLMs it started (the finally blocks below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = get_settings().base_model_dir.resolve()
     with tempfile.TemporaryDirectory(prefix="ratchet-hotswap-") as scratch_dir:
         scratch = Path(scratch_dir)
@@ -277,18 +342,22 @@ def main() -> None:
             wait_ready(server, 900)
             tokens = asyncio.run(prepare(server, settings, args.users, scratch))
             asyncio.run(swap_under_load(server, tokens, args))
-            active = asyncio.run(decode_throughput(serving_url(server, ADAPTER), ADAPTER, args))
-            base_on_main_engine = asyncio.run(decode_throughput(server.vllm_url, settings.base_model_name, args))
+            print("starting vLLM without LoRA…", file=sys.stderr)
+            process, url = plain_vllm(settings, scratch / "vllm-plain.log")
+            try:
+                targets = {
+                    "active": (serving_url(server, ADAPTER), ADAPTER),
+                    "base_on_main_engine": (server.vllm_url, settings.base_model_name),
+                    "no_lora": (url, settings.base_model_name),
+                }
+                speeds = asyncio.run(throughput_rounds(targets, args))
+            finally:
+                # vLLM's engine runs in child processes of its own session: stop them all.
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(60)
         finally:
             stop_server(server)
-        print("starting vLLM without LoRA…", file=sys.stderr)
-        process, url = plain_vllm(settings, scratch / "vllm-plain.log")
-        try:
-            no_lora = asyncio.run(decode_throughput(url, settings.base_model_name, args))
-        finally:
-            # vLLM's engine runs in child processes of its own session: stop them all.
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(60)
+    active, base_on_main_engine, no_lora = (speeds[name] for name in ("active", "base_on_main_engine", "no_lora"))
     print(f"throughput_tok_s_active_version {active:.1f}")
     print(f"throughput_tok_s_base_on_main_engine {base_on_main_engine:.1f}")
     print(f"throughput_tok_s_no_lora_base {no_lora:.1f}")
