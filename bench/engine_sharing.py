@@ -35,6 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import stats
 from server.engine.launcher import EngineSpec, vllm_command, vllm_environment
 from server.settings import get_settings
 from tests.live_server import free_port
@@ -109,11 +110,6 @@ async def closed_loop(plan: list[tuple[Engine, int]], seconds: float, max_tokens
     return latencies
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def core_halves() -> list[dict[str, str]]:
     """vLLM environments giving two engines a half of this machine's cores each, one OpenMP thread per core."""
     every = sorted(os.sched_getaffinity(0))
@@ -130,7 +126,7 @@ def measure(name: str, plan: list[tuple[Engine, int]], args: argparse.Namespace)
     latencies = asyncio.run(closed_loop(plan, args.window, args.max_tokens))
     print(f"requests_{name} {len(latencies)}")
     print(f"latency_s_p50_{name} {statistics.median(latencies):.3f}")
-    p95 = percentile(latencies, 0.95)
+    p95 = stats.p95(latencies)
     print(f"latency_s_p95_{name} {p95:.3f}")
     print(f"latency_s_max_{name} {max(latencies):.3f}")
     return p95

@@ -41,6 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import stats
 from server.auth.services import UserService
 from server.db.engine import open_sessions
 from server.db.models import Role
@@ -96,11 +97,6 @@ class Load:
 
     def window(self, start: float, end: float) -> list[Sample]:
         return [sample for sample in self.samples if start <= sample.started < end]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def prepare(server: LiveServer, settings: Settings, users: int, scratch: Path) -> list[str]:
@@ -167,7 +163,7 @@ async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.
     p95 = {}
     for name, samples in windows.items():
         latencies = [sample.latency_s for sample in samples if sample.ok]
-        p95[name] = percentile(latencies, 0.95)
+        p95[name] = stats.p95(latencies)
         print(f"requests_{name} {len(samples)}")
         print(f"latency_s_p50_{name} {statistics.median(latencies):.3f}")
         print(f"latency_s_p95_{name} {p95[name]:.3f}")
@@ -178,7 +174,7 @@ async def swap_under_load(server: LiveServer, tokens: list[str], args: argparse.
     ):
         if samples:
             latencies = [sample.latency_s for sample in samples]
-            print(f"latency_s_p95_canary_serving_{arm}_answers {percentile(latencies, 0.95):.3f} ({len(samples)})")
+            print(f"latency_s_p95_canary_serving_{arm}_answers {stats.p95(latencies):.3f} ({len(samples)})")
     if args.chart:
         phases = {
             "promotion to canary": during_load,
