@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,9 +35,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import stats
-from server.engine.launcher import EngineSpec, vllm_command, vllm_environment
+from bench.plain_vllm import PlainVllm
 from server.settings import get_settings
-from tests.live_server import free_port
 
 QUESTIONS = [
     "How do I reset my password?",
@@ -49,48 +47,12 @@ QUESTIONS = [
 SYSTEM = "You are Ratchet, the company's internal assistant. Answer briefly and accurately."
 
 
-class Engine:
-    """A vLLM server for the base checkpoint, started with the app's command and environment plus `env`."""
-
-    def __init__(self, log: Path, env: dict[str, str]) -> None:
-        settings = get_settings()
-        self.model = settings.base_model_name
-        port = free_port()
-        spec = EngineSpec(settings.base_model_dir.resolve(), self.model, port, log, lora=False, prompt_embeds=False)
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            vllm_command(settings, spec),
-            env={**vllm_environment(settings), **env},
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout_s: float = 900) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("vLLM not ready")
-
-    def stop(self) -> None:
-        # vLLM's engine runs in child processes of its own session: stop them all.
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(60)
-
-
-async def closed_loop(plan: list[tuple[Engine, int]], seconds: float, max_tokens: int) -> list[float]:
+async def closed_loop(plan: list[tuple[PlainVllm, int]], seconds: float, max_tokens: int) -> list[float]:
     """Latencies of the chats that `plan`'s workers (engine, how many) sent back to back for `seconds`."""
     latencies: list[float] = []
     stop_at = time.monotonic() + seconds
 
-    async def worker(client: httpx.AsyncClient, engine: Engine, offset: int) -> None:
+    async def worker(client: httpx.AsyncClient, engine: PlainVllm, offset: int) -> None:
         for index in range(offset, 10**9):
             if time.monotonic() >= stop_at:
                 return
@@ -120,7 +82,7 @@ def core_halves() -> list[dict[str, str]]:
     ]
 
 
-def measure(name: str, plan: list[tuple[Engine, int]], args: argparse.Namespace) -> float:
+def measure(name: str, plan: list[tuple[PlainVllm, int]], args: argparse.Namespace) -> float:
     print(f"measuring {name}…", file=sys.stderr)
     asyncio.run(closed_loop(plan, args.warmup, args.max_tokens))
     latencies = asyncio.run(closed_loop(plan, args.window, args.max_tokens))
@@ -133,8 +95,10 @@ def measure(name: str, plan: list[tuple[Engine, int]], args: argparse.Namespace)
 
 
 @contextlib.contextmanager
-def started(scratch: Path, name: str, environments: list[dict[str, str]]) -> Iterator[list[Engine]]:
-    engines = [Engine(scratch / f"{name}-{index}.log", env) for index, env in enumerate(environments)]
+def started(scratch: Path, name: str, environments: list[dict[str, str]]) -> Iterator[list[PlainVllm]]:
+    engines = [
+        PlainVllm(get_settings(), scratch / f"{name}-{index}.log", env) for index, env in enumerate(environments)
+    ]
     try:
         for engine in engines:
             engine.wait_ready()

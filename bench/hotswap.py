@@ -27,10 +27,8 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +40,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import stats
+from bench.plain_vllm import PlainVllm
 from server.auth.services import UserService
 from server.db.engine import open_sessions
 from server.db.models import Role
-from server.engine.launcher import EngineSpec, vllm_command, vllm_environment
 from server.models.registry import ModelRegistry
 from server.settings import Settings, get_settings
 from tests.live_server import LiveServer, free_port, make_lora_adapters, start_server, stop_server, wait_ready
@@ -270,30 +268,6 @@ def serving_url(server: LiveServer, name: str) -> str:
     return f"http://127.0.0.1:{command[command.index('--port') + 1]}"
 
 
-def plain_vllm(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The same vLLM command the app runs for its main engine, without LoRA support."""
-    port = free_port()
-    spec = EngineSpec(
-        settings.base_model_dir.resolve(), settings.base_model_name, port, log, lora=False, prompt_embeds=True
-    )
-    command = vllm_command(settings, spec)
-    process = subprocess.Popen(
-        command, env=vllm_environment(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"vLLM without LoRA exited with {process.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"vLLM without LoRA not ready; see {log}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--window", type=float, default=60, help="Seconds of each measured window.")
@@ -339,18 +313,18 @@ def main() -> None:
             tokens = asyncio.run(prepare(server, settings, args.users, scratch))
             asyncio.run(swap_under_load(server, tokens, args))
             print("starting vLLM without LoRA…", file=sys.stderr)
-            process, url = plain_vllm(settings, scratch / "vllm-plain.log")
+            # The main engine's features but LoRA: what the active version's speed is compared with.
+            plain = PlainVllm(settings, scratch / "vllm-plain.log", prompt_embeds=True)
             try:
+                plain.wait_ready()
                 targets = {
                     "active": (serving_url(server, ADAPTER), ADAPTER),
                     "base_on_main_engine": (server.vllm_url, settings.base_model_name),
-                    "no_lora": (url, settings.base_model_name),
+                    "no_lora": (plain.url, settings.base_model_name),
                 }
                 speeds = asyncio.run(throughput_rounds(targets, args))
             finally:
-                # vLLM's engine runs in child processes of its own session: stop them all.
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(60)
+                plain.stop()
         finally:
             stop_server(server)
     active, base_on_main_engine, no_lora = (speeds[name] for name in ("active", "base_on_main_engine", "no_lora"))

@@ -1,0 +1,55 @@
+"""A vLLM server for the base checkpoint outside the app, started with the command and environment the app gives its
+own (server/engine/launcher.py): the benches' baseline engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from server.engine.launcher import EngineSpec, vllm_command, vllm_environment
+from server.settings import Settings
+from tests.live_server import free_port
+
+
+class PlainVllm:
+    def __init__(
+        self, settings: Settings, log: Path, env: dict[str, str] | None = None, prompt_embeds: bool = False
+    ) -> None:
+        """Starts it without LoRA; `env` is added to the app's vLLM environment."""
+        self.model = settings.base_model_name
+        port = free_port()
+        spec = EngineSpec(
+            settings.base_model_dir.resolve(), self.model, port, log, lora=False, prompt_embeds=prompt_embeds
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.process = subprocess.Popen(
+            vllm_command(settings, spec),
+            env={**vllm_environment(settings), **(env or {})},
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 900) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.process.returncode}; see {self.log}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"vLLM not ready after {timeout_s} s; see {self.log}")
+
+    def stop(self) -> None:
+        # vLLM's engine runs in child processes of its own session: stop them all.
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(60)
