@@ -93,7 +93,10 @@ class Settings(BaseSettings):
         "slower at 16 streams on an AVX2-only CPU, bench/vllm_cpu_settings.py); vLLM's own choice on a GPU.",
     )
     vllm_cpu_threads: int = Field(
-        0, description="OpenMP threads of the managed vLLM on CPU, bound to cores 0..N-1; 0 means all cores."
+        0,
+        description="OpenMP threads of the managed vLLM on CPU, bound to cores 0..N-1; 0 means all cores. The vLLM "
+        "of each version served merged binds the same cores: with fewer than all, a canary's engine can be starved "
+        "while the main one is busy (docs/models.md).",
     )
     vllm_kv_cache_gib: int = Field(2, description="KV cache size of the managed vLLM on CPU, in GiB.")
     vllm_max_model_len: int = Field(2048, description="Longest context (prompt + answer) in tokens.")
