@@ -212,9 +212,8 @@ def draw_chart(samples: list[Sample], phases: dict[str, float], origin: float, p
         ("failed", "tab:red", [one for one in samples if not one.ok]),
     ):
         if chosen:
-            axes.scatter(
-                [s.started - origin for s in chosen], [s.latency_s for s in chosen], s=6, c=colour, label=label
-            )
+            starts = [sample.started - origin for sample in chosen]
+            axes.scatter(starts, [sample.latency_s for sample in chosen], s=6, c=colour, label=label)
     for name, at in phases.items():
         axes.axvline(at, color="grey", linestyle="--", linewidth=1)
         axes.annotate(name, (at, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=8)
