@@ -94,9 +94,16 @@ class Settings(BaseSettings):
     )
     vllm_cpu_threads: int = Field(
         0,
-        description="OpenMP threads of the managed vLLM on CPU, bound to cores 0..N-1; 0 means all cores. The vLLM "
-        "of each version served merged binds the same cores: with fewer than all, a canary's engine can be starved "
-        "while the main one is busy (docs/models.md).",
+        description="Cores the managed vLLM engines on CPU use, the first N this process may run on; 0 means all. "
+        "RATCHET_VLLM_CPU_LAYOUT says how the engines share them.",
+    )
+    vllm_cpu_layout: Literal["auto", "shared", "split"] = Field(
+        "auto",
+        description="How the vLLM engines on CPU share the cores. shared: every engine binds all of them. split: two "
+        "halves, the main engine on the first, each version served merged on the half with fewer engines, so a "
+        "canary's engine neither starves nor slows the one serving everyone (two engines on the same two cores: "
+        "4.6-8.8x the p95; one engine on one of two cores: the same p95 at 4 chats, 0.84x the peak throughput at "
+        "16, docs/models.md). auto: split where versions are served merged on vLLM-cpu, shared otherwise.",
     )
     vllm_kv_cache_gib: int = Field(2, description="KV cache size of the managed vLLM on CPU, in GiB.")
     vllm_max_model_len: int = Field(2048, description="Longest context (prompt + answer) in tokens.")

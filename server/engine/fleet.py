@@ -1,6 +1,7 @@
 """The vLLM servers the app starts next to the main one, one per served name (a LoRA version merged into a
-checkpoint of its own), each supervised like the main one. Transport only: which versions get an engine, and when
-one may stop, is the model registry's business (server/models/merged_serving.py)."""
+checkpoint of its own), each supervised like the main one and placed on cores (server/engine/launcher.py's
+`engine_core_sets`). Transport only: which versions get an engine, and when one may stop, is the model registry's
+business (server/models/merged_serving.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.engine.client import EngineClient
-from server.engine.launcher import EngineSpec, EngineState, VllmLauncher
+from server.engine.launcher import EngineSpec, EngineState, VllmLauncher, engine_core_sets
 from server.settings import Settings
 
 log = logging.getLogger("ratchet.engine")
@@ -29,13 +30,46 @@ def free_local_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class CorePlacement:
+    """Which set of cores each engine binds: a new engine goes to the set with the fewest engines, and between equals
+    to the one given out longest ago. With two halves this puts a canary beside the engine that no longer serves
+    everyone (the main one once a merged version is active, or the version before), never beside the busy one."""
+
+    MAIN = ""
+
+    def __init__(self, core_sets: list[tuple[int, ...]]) -> None:
+        self.core_sets = core_sets
+        self._placed: dict[str, int] = {self.MAIN: 0}
+        self._given_at = [0] * len(core_sets)
+        self._turn = 1
+        self._given_at[0] = self._turn
+
+    def place(self, name: str) -> tuple[int, ...]:
+        """The cores of `name`'s engine, placing it now if it has none."""
+        if name not in self._placed:
+            engines = [list(self._placed.values()).count(index) for index in range(len(self.core_sets))]
+            index = min(range(len(self.core_sets)), key=lambda i: (engines[i], self._given_at[i]))
+            self._turn += 1
+            self._placed[name], self._given_at[index] = index, self._turn
+        return self.core_sets[self._placed[name]]
+
+    def release(self, name: str) -> None:
+        if name != self.MAIN:
+            self._placed.pop(name, None)
+
+
 class EngineFleet:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._engines: dict[str, _Engine] = {}
+        self._placement = CorePlacement(engine_core_sets(settings))
 
     def names(self) -> set[str]:
         return set(self._engines)
+
+    def cores_for(self, name: str) -> tuple[int, ...]:
+        """The cores `name`'s engine will run on (and what prepares its checkpoint may use), placed until stopped."""
+        return self._placement.place(name)
 
     async def start(self, name: str, model_dir: Path) -> None:
         """Start an engine serving `model_dir` as `name`, unless one already runs (or is starting)."""
@@ -48,11 +82,12 @@ class EngineFleet:
             log_path=self._settings.data_dir / "logs" / f"vllm-{name}.log",
             lora=False,
             prompt_embeds=False,
+            cores=self.cores_for(name),
         )
         launcher = VllmLauncher(self._settings, spec)
         await launcher.start()
         self._engines[name] = _Engine(launcher, EngineClient(spec.url, self._settings.vllm_request_timeout_s))
-        log.info("starting a vLLM of its own for %s at %s", name, spec.url)
+        log.info("starting a vLLM of its own for %s at %s on cores %s", name, spec.url, spec.cores)
 
     def ready(self, name: str) -> bool:
         engine = self._engines.get(name)
@@ -77,6 +112,8 @@ class EngineFleet:
         return True
 
     async def stop(self, name: str) -> None:
+        """Stop `name`'s engine, if it runs, and give up its cores."""
+        self._placement.release(name)
         engine = self._engines.pop(name, None)
         if engine is None:
             return

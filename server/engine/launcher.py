@@ -76,9 +76,32 @@ def serves_lora_merged(settings: Settings) -> bool:
     return settings.serve_lora_as == "merged"
 
 
+def engine_core_sets(settings: Settings) -> list[tuple[int, ...]]:
+    """The sets of cores vLLM engines on this machine bind their OpenMP threads to (RATCHET_VLLM_CPU_LAYOUT): one
+    set of all the cores it may use, or (split) two halves, the main engine on the first. Two engines bound to the
+    same cores slow each other's requests severalfold; an engine on half of two cores answered 4 chats as fast as
+    on both (bench/engine_sharing.py, docs/models.md)."""
+    cores = sorted(os.sched_getaffinity(0))[: settings.cpu_threads]
+    layout = settings.vllm_cpu_layout
+    if layout == "auto":
+        layout = "split" if serves_lora_merged(settings) and vllm_is_cpu_build() else "shared"
+    if layout == "shared" or len(cores) < 2:
+        return [tuple(cores)]
+    half = (len(cores) + 1) // 2
+    return [tuple(cores[:half]), tuple(cores[half:])]
+
+
+def cpu_list(cores: tuple[int, ...]) -> str:
+    """Cores as vLLM's VLLM_CPU_OMP_THREADS_BIND and `taskset -c` write them: `0-3`, or `0,2` where not contiguous."""
+    if len(cores) > 1 and list(cores) == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(map(str, cores))
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSpec:
-    """One vLLM server: which checkpoint, under what name, where, and with which features."""
+    """One vLLM server: which checkpoint, under what name, where, with which features, and (on CPU) on which
+    cores."""
 
     model_dir: Path
     served_name: str
@@ -86,6 +109,7 @@ class EngineSpec:
     log_path: Path
     lora: bool
     prompt_embeds: bool
+    cores: tuple[int, ...]
 
     @property
     def url(self) -> str:
@@ -102,6 +126,7 @@ def main_engine_spec(settings: Settings) -> EngineSpec:
         log_path=settings.data_dir / "logs" / "vllm.log",
         lora=not serves_lora_merged(settings),
         prompt_embeds=True,
+        cores=engine_core_sets(settings)[0],
     )
 
 
@@ -142,7 +167,7 @@ def vllm_command(settings: Settings, spec: EngineSpec | None = None, python: str
     return command + shlex.split(settings.vllm_extra_args)
 
 
-def vllm_environment(settings: Settings) -> dict[str, str]:
+def vllm_environment(settings: Settings, spec: EngineSpec | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
@@ -152,13 +177,13 @@ def vllm_environment(settings: Settings) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
     )
     if vllm_is_cpu_build():
-        threads = settings.cpu_threads
+        cores = (spec or main_engine_spec(settings)).cores
         # Stock binding reserves a core and pins one thread on a 2-core host: half the decode speed.
         env.update(
             VLLM_CPU_KVCACHE_SPACE=str(settings.vllm_kv_cache_gib),
-            VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}",
+            VLLM_CPU_OMP_THREADS_BIND=cpu_list(cores),
             VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-            OMP_NUM_THREADS=str(threads),
+            OMP_NUM_THREADS=str(len(cores)),
         )
     return env
 
@@ -225,7 +250,7 @@ class VllmLauncher:
             # Own session, so stop() can take down vLLM's worker processes with it.
             self._process = await asyncio.create_subprocess_exec(
                 *vllm_command(self.settings, self.spec),
-                env=vllm_environment(self.settings),
+                env=vllm_environment(self.settings, self.spec),
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -18,7 +18,7 @@ from server.db.models import ModelVersion
 from server.engine.client import EngineClient, EngineUnavailableError
 from server.engine.fleet import EngineFleet
 from server.models.artefacts import verify_hashes
-from server.models.merging import ensure_merged
+from server.models.merging import MergeError, ensure_merged
 from server.settings import Settings
 
 log = logging.getLogger("ratchet.models")
@@ -36,9 +36,16 @@ class MergedVersions:
         Raises ArtefactChangedError, MergeError, or EngineUnavailableError when the engine does not come up."""
         assert version.adapter_path is not None
         await anyio.to_thread.run_sync(verify_hashes, Path(version.adapter_path), version.artefact_hashes)
-        checkpoint = await ensure_merged(self._settings, version)
         if self._fleet is None:
+            await ensure_merged(self._settings, version)
             return
+        # The merge runs on the cores its engine will have: not on those of the engine serving everyone.
+        try:
+            checkpoint = await ensure_merged(self._settings, version, self._fleet.cores_for(version.name))
+        except MergeError:
+            if version.name not in self._fleet.names():
+                await self._fleet.stop(version.name)
+            raise
         await self._fleet.start(version.name, checkpoint)
         if wait_ready and not await self._fleet.wait_ready(version.name, self._settings.vllm_start_timeout_s):
             raise EngineUnavailableError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -42,8 +43,9 @@ def merged_checkpoint(settings: Settings, version: ModelVersion) -> Path | None:
     return path if built_from.get("artefact_hashes") == version.artefact_hashes else None
 
 
-async def ensure_merged(settings: Settings, version: ModelVersion) -> Path:
-    """The version's merged checkpoint, built now if needed. Raises MergeError with the merge's reason."""
+async def ensure_merged(settings: Settings, version: ModelVersion, cores: tuple[int, ...] = ()) -> Path:
+    """The version's merged checkpoint, built now if needed, on `cores` where given. Raises MergeError with the
+    merge's reason."""
     if (existing := merged_checkpoint(settings, version)) is not None:
         return existing
     assert version.adapter_path is not None
@@ -62,6 +64,8 @@ async def ensure_merged(settings: Settings, version: ModelVersion) -> Path:
         "--out",
         str(aside),
     ]
+    if cores:
+        command += ["--cores", ",".join(map(str, cores))]
     result = await anyio.run_process(command, check=False)
     if result.returncode != 0:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(aside, ignore_errors=True))
@@ -104,7 +108,12 @@ def main() -> None:
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--adapter", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cores", help="Comma-separated cores to run on (default: all this process may use).")
     args = parser.parse_args()
+    if args.cores:
+        cores = {int(core) for core in args.cores.split(",")}
+        os.sched_setaffinity(0, cores)
+        os.environ["OMP_NUM_THREADS"] = str(len(cores))
     merge(args.base, args.adapter, args.out)
 
 

@@ -18,6 +18,8 @@ from uuid_utils.compat import uuid7
 
 from server.db.models import Conversation, Message, MessageVote, RailEvent, User
 from server.engine.client import EngineRejectedError, EngineUnavailableError
+from server.engine.fleet import CorePlacement
+from server.engine.launcher import engine_core_sets
 from server.models.canary import CanaryPolicy
 from server.models.lifecycle import ModelLifecycle
 from server.models.live_canary import LiveCanary
@@ -191,9 +193,15 @@ class FakeFleet:
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     ready_at_once: bool = False
+    placement: CorePlacement = field(
+        default_factory=lambda: CorePlacement(engine_core_sets(Settings(vllm_cpu_layout="split")))
+    )
 
     def names(self) -> set[str]:
         return set(self.starting)
+
+    def cores_for(self, name: str) -> tuple[int, ...]:
+        return self.placement.place(name)
 
     async def start(self, name: str, model_dir: Path) -> None:
         if name in self.starting:
@@ -216,6 +224,7 @@ class FakeFleet:
         return self.ready(name)
 
     async def stop(self, name: str) -> None:
+        self.placement.release(name)
         self.starting.pop(name, None)
         self.ready_names.discard(name)
         self.stopped.append(name)

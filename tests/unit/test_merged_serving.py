@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from uuid import uuid4
 
+import anyio
 import pytest
 import torch
 from peft import PeftModel
@@ -95,6 +96,28 @@ async def test_a_canary_gets_traffic_once_its_own_engine_is_ready_and_promotion_
     await models.sync()
     assert {models.router.resolve("ratchet", user).version for user in users} == {name}
     assert fleet.started == [name] and fleet.stopped == []
+
+
+async def test_a_canary_is_merged_on_the_cores_its_engine_gets_not_on_the_main_engines(
+    models: Serving, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands: list[list[str]] = []
+    run_process = anyio.run_process
+
+    async def recorded(command: list[str], **kwargs: object) -> object:
+        commands.append(command)
+        return await run_process(command, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio, "run_process", recorded)
+    fleet = fleet_of(models)
+    name = await models.gated("good", "ratchet-kto-1")
+    await models.lifecycle.promote(name, "admin:root", "canary")
+    await models.sync()
+    (merge,) = commands
+    cores = fleet.cores_for(name)
+    assert merge[merge.index("--cores") + 1] == ",".join(map(str, cores))
+    if len(fleet.placement.core_sets) > 1:
+        assert cores != fleet.placement.core_sets[0]  # the main engine's
 
 
 async def test_an_active_version_whose_engine_is_down_answers_503_and_readiness_says_why(models: Serving) -> None:
