@@ -4,13 +4,14 @@ engine of its own, and under a merge or an engine starting beside serving (docs/
 Starts the base checkpoint on vLLM as the app starts its engines (server/engine/launcher.py) and puts a steady
 closed-loop load of `--concurrency` chats straight onto it, in these layouts, one after the other in one run:
 
-  * one_engine:                   one engine bound to every core, as the app runs it (the baseline);
+  * one_engine:                   one engine bound to every core, as the shared layout runs it (the baseline);
   * one_engine_busy_neighbour:    the same, beside one busy process at the lowest CPU priority (nice 19), a stand-in
                                   for a LoRA merge or another vLLM starting;
   * one_engine_half / _busy_neighbour: one engine bound to half of the cores, one OpenMP thread per core;
   * two_engines_shared:           the load split between two engines, `--concurrency - 1` chats and one (a canary's
                                   share), both bound to every core;
-  * two_engines_split:            the same split, each engine bound to a half of the cores.
+  * two_engines_split:            the same split, each engine bound to a half of the cores, as the split layout
+                                  (RATCHET_VLLM_CPU_LAYOUT) runs a canary beside the engine serving everyone.
 
 Prints one line per figure, e.g. `ratio p95_two_engines_shared_vs_one_engine 4.1`; `latency_s_*` are the seconds a
 chat of `--max-tokens` tokens took.
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import stats
 from bench.plain_vllm import PlainVllm
+from server.engine.launcher import engine_core_sets
 from server.settings import get_settings
 
 QUESTIONS = [
@@ -72,16 +74,6 @@ async def closed_loop(plan: list[tuple[PlainVllm, int]], seconds: float, max_tok
     return latencies
 
 
-def core_halves() -> list[dict[str, str]]:
-    """vLLM environments giving two engines a half of this machine's cores each, one OpenMP thread per core."""
-    every = sorted(os.sched_getaffinity(0))
-    half = max(1, len(every) // 2)
-    halves = [every[:half], every[half:] or every[:half]]
-    return [
-        {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}", "OMP_NUM_THREADS": str(len(cores))} for cores in halves
-    ]
-
-
 def measure(name: str, plan: list[tuple[PlainVllm, int]], args: argparse.Namespace) -> float:
     print(f"measuring {name}…", file=sys.stderr)
     asyncio.run(closed_loop(plan, args.warmup, args.max_tokens))
@@ -95,9 +87,9 @@ def measure(name: str, plan: list[tuple[PlainVllm, int]], args: argparse.Namespa
 
 
 @contextlib.contextmanager
-def started(scratch: Path, name: str, environments: list[dict[str, str]]) -> Iterator[list[PlainVllm]]:
+def started(scratch: Path, name: str, core_sets: list[tuple[int, ...]]) -> Iterator[list[PlainVllm]]:
     engines = [
-        PlainVllm(get_settings(), scratch / f"{name}-{index}.log", env) for index, env in enumerate(environments)
+        PlainVllm(get_settings(), scratch / f"{name}-{index}.log", cores=cores) for index, cores in enumerate(core_sets)
     ]
     try:
         for engine in engines:
@@ -129,16 +121,17 @@ def main() -> None:
     args = parser.parse_args()
     load = args.concurrency
     p95: dict[str, float] = {}
-    halves = core_halves()
+    every = tuple(sorted(os.sched_getaffinity(0)))
+    halves = engine_core_sets(get_settings().model_copy(update={"vllm_cpu_layout": "split"}))
     with tempfile.TemporaryDirectory(prefix="ratchet-engine-sharing-") as scratch_dir:
         scratch = Path(scratch_dir)
-        for name, environment in (("one_engine", {}), ("one_engine_half", halves[0])):
-            with started(scratch, name, [environment]) as (engine,):
+        for name, cores in (("one_engine", every), ("one_engine_half", halves[0])):
+            with started(scratch, name, [cores]) as (engine,):
                 p95[name] = measure(name, [(engine, load)], args)
                 with busy_neighbour():
                     p95[f"{name}_busy_neighbour"] = measure(f"{name}_busy_neighbour", [(engine, load)], args)
-        for name, environments in (("two_engines_shared", [{}, {}]), ("two_engines_split", halves)):
-            with started(scratch, name, environments) as (first, second):
+        for name, core_sets in (("two_engines_shared", [every, every]), ("two_engines_split", halves)):
+            with started(scratch, name, core_sets) as (first, second):
                 p95[name] = measure(name, [(first, load - 1), (second, 1)], args)
     compared = ["one_engine_busy_neighbour", "one_engine_half", "one_engine_half_busy_neighbour"]
     for name in [*compared, "two_engines_shared", "two_engines_split"]:

@@ -16,9 +16,10 @@ seconds each, in one run:
                      is retired).
 
 Then, with no other load, the decode throughput of the active version on the vLLM serving it, of the base model on
-the app's main vLLM, and of the same base model on a vLLM started without LoRA (the speed the issue asks the active
-version to keep), same workload, taking turns over several rounds (median of each). Prints one line per figure, e.g.
-`ratio p95_during_vs_before 1.12`.
+the app's main vLLM, and of the same base model on a vLLM started without LoRA on the active version's cores (the
+speed the issue asks the active version to keep) and, where the app splits the cores between engines
+(RATCHET_VLLM_CPU_LAYOUT), on all of them (what the split costs at peak), same workload, taking turns over several
+rounds (median of each). Prints one line per figure, e.g. `ratio p95_during_vs_before 1.12`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from bench.plain_vllm import PlainVllm
 from server.auth.services import UserService
 from server.db.engine import open_sessions
 from server.db.models import Role
+from server.engine.launcher import engine_core_sets
 from server.models.registry import ModelRegistry
 from server.settings import Settings, get_settings
 from tests.live_server import LiveServer, free_port, make_lora_adapters, start_server, stop_server, wait_ready
@@ -267,6 +269,17 @@ def serving_url(server: LiveServer, name: str) -> str:
     return f"http://127.0.0.1:{command[command.index('--port') + 1]}"
 
 
+def serving_cores(server: LiveServer, name: str) -> tuple[int, ...]:
+    """The cores the vLLM serving `name` bound its OpenMP threads to, as the app started it."""
+    process = server.vllm_process(name) or server.vllm_process()
+    assert process is not None, "no vLLM serves the active version"
+    cores: list[int] = []
+    for part in process.environ()["VLLM_CPU_OMP_THREADS_BIND"].split(","):
+        first, _, last = part.partition("-")
+        cores += range(int(first), int(last or first) + 1)
+    return tuple(cores)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--window", type=float, default=60, help="Seconds of each measured window.")
@@ -281,6 +294,7 @@ def main() -> None:
     parser.add_argument("--chart", type=Path, help="Draw every request's latency over the run into this PNG.")
     parser.add_argument("--samples-out", type=Path, help="Write every request (start, latency, model) as JSON lines.")
     parser.add_argument("--serve-lora-as", choices=["merged", "adapter"], default="merged")
+    parser.add_argument("--cpu-layout", choices=["auto", "shared", "split"], default="auto")
     args = parser.parse_args()
     # `kill` on the bench stops the app and the vLLMs it started (the finally blocks below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -293,6 +307,7 @@ def main() -> None:
             "RATCHET_VLLM_URL": "",
             "RATCHET_RAILS_ENABLED": "false",
             "RATCHET_SERVE_LORA_AS": args.serve_lora_as,
+            "RATCHET_VLLM_CPU_LAYOUT": args.cpu_layout,
         }
         # The jailbreak classifier `make setup` fitted in this checkout's data dir, not fitted again.
         server = start_server(
@@ -303,27 +318,42 @@ def main() -> None:
             classifier_from=get_settings().data_dir,
         )
         settings = Settings(
-            data_dir=scratch, database_url=database_url, base_model=base, serve_lora_as=args.serve_lora_as
+            data_dir=scratch,
+            database_url=database_url,
+            base_model=base,
+            serve_lora_as=args.serve_lora_as,
+            vllm_cpu_layout=args.cpu_layout,
         )
         print(f"serve_lora_as {args.serve_lora_as}")
+        print(f"cpu_layout {args.cpu_layout} core_sets {engine_core_sets(settings)}")
         try:
             print("starting ratchet serve and its vLLM…", file=sys.stderr)
             wait_ready(server, 900)
             tokens = asyncio.run(prepare(server, settings, args.users, scratch))
             asyncio.run(swap_under_load(server, tokens, args))
             print("starting vLLM without LoRA…", file=sys.stderr)
+            active_cores = serving_cores(server, ADAPTER)
+            all_cores = engine_core_sets(settings.model_copy(update={"vllm_cpu_layout": "shared"}))[0]
+            print(f"cores_active_version {','.join(map(str, active_cores))}")
             # The main engine's features but LoRA: what the active version's speed is compared with.
-            plain = PlainVllm(settings, scratch / "vllm-plain.log", prompt_embeds=True)
+            plains = {
+                "no_lora": PlainVllm(settings, scratch / "vllm-plain.log", prompt_embeds=True, cores=active_cores)
+            }
+            if all_cores != active_cores:
+                plains["no_lora_all_cores"] = PlainVllm(
+                    settings, scratch / "vllm-plain-all.log", prompt_embeds=True, cores=all_cores
+                )
             try:
-                plain.wait_ready()
+                for plain in plains.values():
+                    plain.wait_ready()
                 targets = {
                     "active": (serving_url(server, ADAPTER), ADAPTER),
                     "base_on_main_engine": (server.vllm_url, settings.base_model_name),
-                    "no_lora": (plain.url, settings.base_model_name),
-                }
+                } | {name: (plain.url, settings.base_model_name) for name, plain in plains.items()}
                 speeds = asyncio.run(throughput_rounds(targets, args))
             finally:
-                plain.stop()
+                for plain in plains.values():
+                    plain.stop()
         finally:
             stop_server(server)
     active, base_on_main_engine, no_lora = (speeds[name] for name in ("active", "base_on_main_engine", "no_lora"))
@@ -332,6 +362,9 @@ def main() -> None:
     print(f"throughput_tok_s_no_lora_base {no_lora:.1f}")
     print(f"ratio throughput_base_on_main_engine_vs_no_lora_base {base_on_main_engine / no_lora:.3f}")
     print(f"ratio throughput_active_vs_no_lora_base {active / no_lora:.3f}")
+    if "no_lora_all_cores" in speeds:
+        print(f"throughput_tok_s_no_lora_base_all_cores {speeds['no_lora_all_cores']:.1f}")
+        print(f"ratio throughput_active_vs_no_lora_base_all_cores {active / speeds['no_lora_all_cores']:.3f}")
 
 
 if __name__ == "__main__":

@@ -11,26 +11,38 @@ from pathlib import Path
 
 import httpx
 
-from server.engine.launcher import EngineSpec, vllm_command, vllm_environment
+from server.engine.launcher import EngineSpec, main_engine_spec, vllm_command, vllm_environment
 from server.settings import Settings
 from tests.live_server import free_port
 
 
 class PlainVllm:
     def __init__(
-        self, settings: Settings, log: Path, env: dict[str, str] | None = None, prompt_embeds: bool = False
+        self,
+        settings: Settings,
+        log: Path,
+        env: dict[str, str] | None = None,
+        prompt_embeds: bool = False,
+        cores: tuple[int, ...] = (),
     ) -> None:
-        """Starts it without LoRA; `env` is added to the app's vLLM environment."""
+        """Starts it without LoRA, on `cores` (by default the main engine's); `env` is added to the app's vLLM
+        environment."""
         self.model = settings.base_model_name
         port = free_port()
         spec = EngineSpec(
-            settings.base_model_dir.resolve(), self.model, port, log, lora=False, prompt_embeds=prompt_embeds
+            settings.base_model_dir.resolve(),
+            self.model,
+            port,
+            log,
+            lora=False,
+            prompt_embeds=prompt_embeds,
+            cores=cores or main_engine_spec(settings).cores,
         )
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.process = subprocess.Popen(
             vllm_command(settings, spec),
-            env={**vllm_environment(settings), **(env or {})},
+            env={**vllm_environment(settings, spec), **(env or {})},
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
