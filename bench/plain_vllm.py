@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from server.engine.launcher import EngineSpec, main_engine_spec, vllm_command, vllm_environment
+from server.engine.launcher import EngineSpec, keep_on_cores, main_engine_spec, vllm_command, vllm_environment
 from server.settings import Settings
 from tests.live_server import free_port
 
@@ -47,6 +47,7 @@ class PlainVllm:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        keep_on_cores(self.process.pid, spec.cores)
 
     def wait_ready(self, timeout_s: float = 900) -> None:
         deadline = time.monotonic() + timeout_s

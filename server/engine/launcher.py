@@ -188,6 +188,13 @@ def vllm_environment(settings: Settings, spec: EngineSpec | None = None) -> dict
     return env
 
 
+def keep_on_cores(pid: int, cores: tuple[int, ...]) -> None:
+    """Keep a just-started vLLM, the processes and threads it starts later included, on its engine's cores: its
+    Python front end and start-up then take no CPU from an engine serving on other cores."""
+    with contextlib.suppress(ProcessLookupError):
+        os.sched_setaffinity(pid, cores)
+
+
 class VllmLauncher:
     """Owns one vLLM server process (the main one unless `spec` says otherwise) until stopped."""
 
@@ -256,6 +263,7 @@ class VllmLauncher:
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
+        keep_on_cores(self._process.pid, self.spec.cores)
         log.info("started vLLM %s (pid %s), log in %s", self.spec.served_name, self._process.pid, self.log_path)
 
     async def _wait_until_ready_or_exit(self) -> bool:

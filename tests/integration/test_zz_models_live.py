@@ -2,7 +2,8 @@
 is registered, gated and served as a canary (merged into a vLLM of its own where the app serves LoRA merged); about
 100 users see the configured share, each exactly as the sticky split says; votes through the feedback API make the
 live canary promote one candidate and roll back another (which then leaves vLLM); the vLLM serving the active
-version is killed and the app serves it again before routing to it.
+version is killed and the app serves it again before routing to it. Where the app splits the cores between
+engines, the canary's vLLM runs on a half of its own.
 
 Named to run last: it changes the alias's active version and restarts the session's vLLM."""
 
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.auth.services import Principal, UserService
 from server.db.engine import open_sessions
 from server.db.models import Role
+from server.engine.launcher import engine_core_sets
 from server.models.registry import ModelRegistry
 from server.models.services import canary_bucket
 from server.settings import Settings
@@ -137,6 +139,13 @@ async def wait_served(server: LiveServer, name: str, timeout_s: float = 600) -> 
     await asyncio.sleep(3)  # the app's router picks it up within RATCHET_MODEL_SYNC_INTERVAL_S
 
 
+def engine_cores(server: LiveServer, name: str | None = None) -> set[frozenset[int]]:
+    """The cores each process of the vLLM serving `name` (by default the main one) may run on."""
+    process = server.vllm_process(name)
+    assert process is not None
+    return {frozenset(each.cpu_affinity()) for each in [process, *process.children(recursive=True)]}
+
+
 async def promote(client: httpx.AsyncClient, admin: str, name: str, reason: str) -> dict:
     response = await client.post(
         f"/api/models/{name}/promote", json={"reason": reason}, headers={"authorization": f"Bearer {admin}"}
@@ -160,6 +169,11 @@ async def test_register_gate_canary_promote_rollback_and_survive_a_vllm_restart(
         detail = await promote(client, admin, "live-lora-a", "passed the gates")
         assert detail["status"] == "canary"
         await wait_served(live_server, "live-lora-a")
+        core_sets = engine_core_sets(settings)
+        if len(core_sets) > 1 and live_server.vllm_process("live-lora-a") is not None:
+            # The canary's vLLM runs on the other half of the cores, and the main one stays on its own.
+            assert engine_cores(live_server) == {frozenset(core_sets[0])}
+            assert engine_cores(live_server, "live-lora-a") == {frozenset(core_sets[1])}
 
         # The share each user gets is the sticky split's, and about the configured fraction.
         answers = await chats(client, [token for _, token in people])

@@ -4,8 +4,12 @@ canary split and pins: tests/unit/test_model_routing.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,6 +19,7 @@ from server.engine.launcher import (
     cpu_flags,
     cpu_list,
     engine_core_sets,
+    keep_on_cores,
     main_engine_spec,
     serves_lora_merged,
     vllm_command,
@@ -155,3 +160,21 @@ def test_prepare_is_a_no_op_when_the_conversion_exists() -> None:
     assert result.manifest["dtype"] == "float32"
     assert len(str(result.manifest["source_sha256"])) == 64
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in PREPARED_MODEL.iterdir()}
+
+
+def test_a_started_engine_and_the_processes_it_starts_later_stay_on_its_cores() -> None:
+    core = min(os.sched_getaffinity(0))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; time.sleep(0.5); subprocess.run(['sleep', '5'])"]
+    )
+    try:
+        keep_on_cores(parent.pid, (core,))
+        assert os.sched_getaffinity(parent.pid) == {core}
+        deadline = time.monotonic() + 10
+        while not (children := psutil.Process(parent.pid).children()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [child.cpu_affinity() for child in children] == [[core]]
+    finally:
+        parent.kill()
+        parent.wait()
+    keep_on_cores(parent.pid, (core,))  # an engine that already exited is not an error
