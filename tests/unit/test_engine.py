@@ -112,16 +112,18 @@ def test_an_engine_binds_the_cores_of_its_spec(tmp_path: Path) -> None:
     assert cpu_list((2,)) == "2" and cpu_list((0, 1, 2)) == "0-2"
 
 
-def test_a_new_engine_goes_to_the_half_with_fewer_engines_and_else_the_one_given_out_longest_ago() -> None:
+def test_a_canary_engine_goes_to_the_half_with_fewer_engines_and_else_away_from_the_newest() -> None:
     placement = CorePlacement([(0,), (1,)])  # the main engine is on (0,)
     assert placement.place("v1") == (1,)  # the first canary: beside nobody
     assert placement.place("v1") == (1,)  # placed once
     # v1 went active: the next canary goes beside the idle main engine, not beside v1, which serves everyone.
     assert placement.place("v2") == (0,)
-    placement.release("v1")  # v2 went active, v1 retired
-    assert placement.place("v3") == (1,)
+    placement.release("v2")  # v2 was rolled back: v1 still serves everyone
+    assert placement.place("v3") == (0,)
+    placement.release("v1")  # v3 went active, v1 retired
+    assert placement.place("v4") == (1,)
     placement.release(CorePlacement.MAIN)  # the main engine keeps its cores
-    assert placement.place("v4") == (1,)  # (0,) holds the main engine and v2, (1,) only v3; it was given out last
+    assert placement.place("v5") == (1,)  # (0,) holds the main engine and v3, (1,) only v4
     assert CorePlacement([(0, 1)]).place("v1") == (0, 1)  # shared: everyone on every core
 
 
@@ -178,3 +180,9 @@ def test_a_started_engine_and_the_processes_it_starts_later_stay_on_its_cores() 
         parent.kill()
         parent.wait()
     keep_on_cores(parent.pid, (core,))  # an engine that already exited is not an error
+
+
+def test_on_a_single_core_lora_versions_are_served_as_adapters_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert serves_lora_merged(Settings(serve_lora_as="auto")) is False  # a canary's engine would starve the main one
+    assert engine_core_sets(Settings(serve_lora_as="auto")) == [(3,)]
