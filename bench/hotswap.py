@@ -270,14 +270,10 @@ def serving_url(server: LiveServer, name: str) -> str:
 
 
 def serving_cores(server: LiveServer, name: str) -> tuple[int, ...]:
-    """The cores the vLLM serving `name` bound its OpenMP threads to, as the app started it."""
+    """The cores the vLLM serving `name` runs on, as the app started it."""
     process = server.vllm_process(name) or server.vllm_process()
     assert process is not None, "no vLLM serves the active version"
-    cores: list[int] = []
-    for part in process.environ()["VLLM_CPU_OMP_THREADS_BIND"].split(","):
-        first, _, last = part.partition("-")
-        cores += range(int(first), int(last or first) + 1)
-    return tuple(cores)
+    return tuple(sorted(process.cpu_affinity()))
 
 
 def main() -> None:

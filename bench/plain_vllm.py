@@ -6,14 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
-
-import httpx
 
 from server.engine.launcher import EngineSpec, keep_on_cores, main_engine_spec, vllm_command, vllm_environment
 from server.settings import Settings
-from tests.live_server import free_port
+from tests.live_server import free_port, wait_until_healthy
 
 
 class PlainVllm:
@@ -21,12 +18,10 @@ class PlainVllm:
         self,
         settings: Settings,
         log: Path,
-        env: dict[str, str] | None = None,
         prompt_embeds: bool = False,
         cores: tuple[int, ...] = (),
     ) -> None:
-        """Starts it without LoRA, on `cores` (by default the main engine's); `env` is added to the app's vLLM
-        environment."""
+        """Starts it without LoRA, on `cores` (by default the main engine's)."""
         self.model = settings.base_model_name
         port = free_port()
         spec = EngineSpec(
@@ -42,7 +37,7 @@ class PlainVllm:
         self.log = log
         self.process = subprocess.Popen(
             vllm_command(settings, spec),
-            env={**vllm_environment(settings, spec), **(env or {})},
+            env=vllm_environment(settings, spec),
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -50,17 +45,7 @@ class PlainVllm:
         keep_on_cores(self.process.pid, spec.cores)
 
     def wait_ready(self, timeout_s: float = 900) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.process.returncode}; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"vLLM not ready after {timeout_s} s; see {self.log}")
+        wait_until_healthy(self.process, f"{self.url}/health", timeout_s, "vLLM", lambda: f"see {self.log}")
 
     def stop(self) -> None:
         # vLLM's engine runs in child processes of its own session: stop them all.

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.serving import stream_chat
 from server.engine.launcher import cpu_flags, vllm_dtype
 from server.settings import Settings, get_settings
-from tests.live_server import free_port
+from tests.live_server import free_port, wait_until_healthy
 
 CANDIDATES: list[dict[str, str]] = [
     {"name": "stock(auto-bind),float32,kv=2", "bind": "auto", "dtype": "float32", "kv": "2", "lora": "1"},
@@ -94,18 +94,13 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "vllm.log"
         for candidate in [candidate for candidate in CANDIDATES if args.only in candidate["name"]]:
             port = free_port()
-            process = launch(settings, candidate, port, Path(scratch) / "vllm.log")
+            process = launch(settings, candidate, port, log)
             try:
-                deadline = time.monotonic() + 600
-                while time.monotonic() < deadline and process.poll() is None:
-                    try:
-                        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(1)
+                health = f"http://127.0.0.1:{port}/health"
+                wait_until_healthy(process, health, 600, "vLLM", lambda: log.read_text()[-3000:])
                 url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 single, rate = asyncio.run(measure(url, args.single_tokens, args.concurrency, args.max_tokens))
                 print(f"decode_tok_s_single[{candidate['name']}] {single:.1f}", flush=True)

@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     )
     vllm_cpu_threads: int = Field(
         0,
+        ge=0,
         description="Cores the managed vLLM engines on CPU use, the first N this process may run on; 0 means all. "
         "RATCHET_VLLM_CPU_LAYOUT says how the engines share them.",
     )

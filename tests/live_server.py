@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -94,18 +95,25 @@ def ratchet(env: dict[str, str], *args: str) -> str:
     return result.stdout.strip()
 
 
-def wait_ready(server: LiveServer, timeout_s: float) -> None:
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], url: str, timeout_s: float, name: str, log: Callable[[], str]
+) -> None:
+    """Until `url` answers 200; raises, with `log()`, when `process` exits first or `timeout_s` runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"ratchet serve exited with {server.process.returncode}\n{server.log_tail()}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}\n{log()}")
         try:
-            if httpx.get(f"{server.base_url}/readyz", timeout=3).status_code == 200:
+            if httpx.get(url, timeout=3).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
-    raise RuntimeError(f"ratchet serve not ready after {timeout_s} s\n{server.log_tail()}")
+        time.sleep(0.5)
+    raise RuntimeError(f"{name} not ready after {timeout_s} s\n{log()}")
+
+
+def wait_ready(server: LiveServer, timeout_s: float) -> None:
+    wait_until_healthy(server.process, f"{server.base_url}/readyz", timeout_s, "ratchet serve", server.log_tail)
 
 
 def start_server(

@@ -186,3 +186,8 @@ def test_on_a_single_core_lora_versions_are_served_as_adapters_by_default(monkey
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     assert serves_lora_merged(Settings(serve_lora_as="auto")) is False  # a canary's engine would starve the main one
     assert engine_core_sets(Settings(serve_lora_as="auto")) == [(3,)]
+
+
+def test_a_negative_core_count_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="vllm_cpu_threads"):
+        Settings(vllm_cpu_threads=-1)
